@@ -1,0 +1,3 @@
+"""hwq: a hardware-aware deployment compiler for integer accelerators."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,38 @@
+"""Errors hwq raises for bad input.
+
+Every error names the bad value (with ``repr``) and, where there is a finite set of valid
+choices, lists them, so a user can fix the input without reading hwq's source.
+"""
+
+
+class HwqError(Exception):
+    """Base class of every error hwq raises on purpose."""
+
+
+class ConfigError(HwqError, ValueError):
+    """A config value (a spec, a plan, a CLI option) is out of its valid range."""
+
+
+class TargetError(HwqError, ValueError):
+    """A target description file is missing, malformed, or names an unknown target."""
+
+
+class DataError(HwqError, ValueError):
+    """A data set is missing or its files are corrupt."""
+
+
+class UnsupportedOpError(HwqError, ValueError):
+    """The model contains an operator the integer lowering does not support."""
+
+
+class QuantizationError(HwqError, ValueError):
+    """A value cannot be represented in the requested integer format (e.g. an int32 bias overflow)."""
+
+
+class ArtifactError(HwqError, RuntimeError):
+    """A compiled artifact is missing, corrupt, or was built for another target."""
+
+
+def choices(valid) -> str:
+    """Format a collection of valid choices for an error message: ``'a', 'b', 'c'``."""
+    return ", ".join(repr(v) for v in sorted(valid))

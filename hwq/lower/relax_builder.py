@@ -1,0 +1,127 @@
+"""Emit a ``QGraph`` as a Relax module whose conv / dense / add run in integer arithmetic.
+
+Two functions are emitted:
+  * ``forward_int(x: uint8|int8[n, ...]) -> integer output``: the integer program, no float at all;
+  * ``main(x: float32[n, ...]) -> float32``: quantize the input, call ``forward_int``, dequantize.
+The batch dimension ``n`` is symbolic, so one build serves every batch size.
+
+Requantization follows ``hwq.fixed_point`` exactly: int64 product with the per-channel int32
+multiplier, add ``2^(shift-1)``, arithmetic right shift, clamp, cast to the 8-bit container.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tvm
+from tvm import relax, tirx
+
+from hwq import qgraph as qg
+from hwq.errors import ConfigError
+
+
+def _const(a, dtype):
+    return relax.const(np.asarray(a).astype(dtype), dtype)
+
+
+def _channel(a, ndim, dtype):
+    """A per-channel constant broadcast over axis 1 of an ``ndim`` tensor (or a scalar)."""
+    a = np.asarray(a)
+    if a.size == 1:
+        return _const(a.reshape(()), dtype)
+    return _const(a.reshape([1, -1] + [1] * (ndim - 2)), dtype)
+
+
+class _Emitter:
+    def __init__(self, bb: relax.BlockBuilder, graph: qg.QGraph, batch):
+        self.bb, self.graph, self.batch = bb, graph, batch
+
+    def emit(self, expr):
+        return self.bb.emit(expr)
+
+    def requant(self, acc, rq: qg.Requant, ndim: int, dtype: str):
+        a64 = self.emit(relax.op.astype(acc, "int64"))
+        shift = np.asarray(rq.shift, dtype=np.int64)
+        prod = self.emit(relax.op.multiply(a64, _channel(rq.multiplier, ndim, "int64")))
+        rounded = self.emit(relax.op.add(prod, _channel(np.left_shift(1, shift - 1), ndim, "int64")))
+        shifted = self.emit(relax.op.right_shift(rounded, _channel(shift, ndim, "int64")))
+        return self.cast_clip(shifted, rq.qmin, rq.qmax, dtype)
+
+    def cast_clip(self, x, qmin, qmax, dtype):
+        return self.emit(relax.op.astype(self.emit(relax.op.clip(x, qmin, qmax)), dtype))
+
+    def conv2d(self, x, node: qg.Conv2d):
+        acc = self.emit(relax.op.nn.conv2d(
+            x, _const(node.weight, "int8"), strides=node.stride, padding=node.padding, dilation=node.dilation,
+            groups=node.groups, data_layout="NCHW", kernel_layout="OIHW", out_dtype="int32"))
+        acc = self.emit(relax.op.add(acc, _channel(node.bias, 4, "int32")))
+        return acc if node.requant is None else self.requant(acc, node.requant, 4, self.dtype(node.output))
+
+    def dense(self, x, node: qg.Dense):
+        acc = self.emit(relax.op.matmul(x, _const(node.weight.T, "int8"), out_dtype="int32"))
+        acc = self.emit(relax.op.add(acc, _const(node.bias, "int32")))
+        return acc if node.requant is None else self.requant(acc, node.requant, 2, self.dtype(node.output))
+
+    def add(self, a, b, node: qg.Add):
+        a64 = self.emit(relax.op.astype(a, "int64"))
+        b64 = self.emit(relax.op.astype(b, "int64"))
+        s = self.emit(relax.op.add(self.emit(relax.op.multiply(a64, _const(node.multipliers[0], "int64"))),
+                                   self.emit(relax.op.multiply(b64, _const(node.multipliers[1], "int64")))))
+        s = self.emit(relax.op.add(s, _const(1 << (node.shift - 1), "int64")))
+        s = self.emit(relax.op.right_shift(s, _const(node.shift, "int64")))
+        return self.cast_clip(s, node.qmin, node.qmax, self.dtype(node.output))
+
+    def global_avg_pool(self, x, node: qg.GlobalAvgPool):
+        total = self.emit(relax.op.sum(self.emit(relax.op.astype(x, "int32")), axis=[2, 3], keepdims=True))
+        return self.requant(total, node.requant, 4, self.dtype(node.output))
+
+    def max_pool2d(self, x, node: qg.MaxPool2d):
+        # TVM pads with the dtype's minimum; every window holds a real element (padding < kernel),
+        # so the result equals padding with the tensor's qmin as the reference does.
+        return self.emit(relax.op.nn.max_pool2d(x, node.kernel, node.stride, node.padding, layout="NCHW"))
+
+    def flatten(self, x, node: qg.Flatten):
+        features = int(np.prod(self.graph.tensors[node.output].shape))
+        return self.emit(relax.op.reshape(x, relax.ShapeExpr([self.batch, features])))
+
+    def dtype(self, name):
+        return self.graph.tensors[name].dtype
+
+    def body(self, x):
+        env = {self.graph.input.name: x}
+        for node in self.graph.nodes:
+            if node.op == "add":
+                env[node.output] = self.add(env[node.inputs[0]], env[node.inputs[1]], node)
+            elif node.op == "clamp":
+                env[node.output] = self.cast_clip(env[node.input], node.qmin, node.qmax, self.dtype(node.output))
+            elif hasattr(self, node.op):
+                env[node.output] = getattr(self, node.op)(env[node.input], node)
+            else:
+                raise ConfigError(f"QGraph node {node.name!r} has op {node.op!r} that the Relax lowering lacks")
+        return env[self.graph.output]
+
+
+def build_relax_module(graph: qg.QGraph) -> tvm.IRModule:
+    """The Relax ``IRModule`` (functions ``forward_int`` and ``main``) of an integer program."""
+    bb = relax.BlockBuilder()
+    n = tirx.Var("n", "int64")
+    in_shape = [n, *graph.input.shape]
+    xi = relax.Var("x", relax.TensorType(in_shape, graph.input.dtype))
+    with bb.function("forward_int", [xi]):
+        with bb.dataflow():
+            out = bb.emit_output(_Emitter(bb, graph, n).body(xi))
+        fwd = bb.emit_func_output(out)
+    xf = relax.Var("x", relax.TensorType(in_shape, "float32"))
+    with bb.function("main", [xf]):
+        with bb.dataflow():
+            e = _Emitter(bb, graph, n)
+            q = e.emit(relax.op.round(e.emit(relax.op.divide(xf, _const(graph.input.scale, "float32")))))
+            q = e.cast_clip(q, graph.input.qmin, graph.input.qmax, graph.input.dtype)
+            y = e.emit(relax.Call(bb.get().get_global_var("forward_int"), [q]))
+            # dequantize in float64 then round once to float32, as the reference does
+            out_ndim = 1 + len(graph.output_info.shape)
+            scales = graph.output_scales if graph.output_scales is not None else graph.output_info.scale
+            yf = e.emit(relax.op.multiply(e.emit(relax.op.astype(y, "float64")), _channel(scales, out_ndim, "float64")))
+            out = bb.emit_output(relax.op.astype(yf, "float32"))
+        bb.emit_func_output(out)
+    del fwd
+    return bb.get()

@@ -1,0 +1,65 @@
+"""Helpers over a ``torch.export`` program: parameter lookup, module names, a recording interpreter."""
+
+from __future__ import annotations
+
+import operator
+
+import torch
+from torch.export import ExportedProgram
+
+
+def export_model(model: torch.nn.Module, example: torch.Tensor) -> ExportedProgram:
+    """``torch.export`` of the model in eval mode (BN uses running statistics, dropout is off)."""
+    model.eval()
+    with torch.no_grad():
+        return torch.export.export(model, (example,))
+
+
+def constants(ep: ExportedProgram) -> dict:
+    """Placeholder name -> tensor, for every parameter, buffer and lifted constant of ``ep``."""
+    sig = ep.graph_signature
+    out = {}
+    for mapping in (sig.inputs_to_parameters, sig.inputs_to_buffers):
+        for ph, key in mapping.items():
+            out[ph] = ep.state_dict[key] if key in ep.state_dict else ep.constants[key]
+    for ph, key in getattr(sig, "inputs_to_lifted_tensor_constants", {}).items():
+        out[ph] = ep.constants[key]
+    return out
+
+
+def user_input_name(ep: ExportedProgram) -> str:
+    names = ep.graph_signature.user_inputs
+    if len(names) != 1:
+        from hwq.errors import UnsupportedOpError
+        raise UnsupportedOpError(f"hwq lowers models with exactly one tensor input, this one has {list(names)!r}")
+    return names[0]
+
+
+def module_name(node: torch.fx.Node) -> str:
+    """Qualified name of the innermost module that created ``node`` (``""`` at the top level)."""
+    stack = node.meta.get("nn_module_stack") or {}
+    if not stack:
+        return ""
+    path, _cls = list(stack.values())[-1]
+    # export spells nested names like "L['self'].block1.0" in some versions; keep the module path only
+    return path.split("L['self'].")[-1].replace("L__self___", "")
+
+
+@torch.no_grad()
+def run_graph(ep: ExportedProgram, x: torch.Tensor, record=None) -> torch.Tensor:
+    """Execute ``ep``'s graph node by node in float; ``record(node, value)`` sees every value."""
+    env = {}
+    consts = constants(ep)
+    inp = user_input_name(ep)
+    for node in ep.graph.nodes:
+        if node.op == "placeholder":
+            env[node.name] = x if node.name == inp else consts[node.name]
+        elif node.op == "call_function":
+            args = torch.fx.node.map_arg(node.args, lambda n: env[n.name])
+            kwargs = torch.fx.node.map_arg(node.kwargs, lambda n: env[n.name])
+            env[node.name] = node.target(*args, **kwargs)
+        elif node.op == "output":
+            return torch.fx.node.map_arg(node.args[0], lambda n: env[n.name])[0]
+        if record is not None and node.op == "call_function" and node.target is not operator.getitem:
+            record(node, env[node.name])
+    raise RuntimeError("exported graph has no output node")

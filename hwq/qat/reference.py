@@ -1,0 +1,105 @@
+"""The numerical oracle: a torch emulation of a ``QGraph``'s integer arithmetic, op by op.
+
+Convolutions run in float64, which is exact for these integer operands: every product is below
+2^15 and every partial sum below 2^53 (checked), so the result equals int64 arithmetic. Everything
+after the accumulator (bias, requantization, clamps, residual adds) runs in int64 following
+``hwq.fixed_point``. Any backend that claims to implement a ``QGraph`` must match this bit for bit.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from hwq import qgraph as qg
+from hwq.errors import ConfigError
+
+_EXACT_LIMIT = 2 ** 53
+
+
+def quantize_input(graph: qg.QGraph, x: torch.Tensor) -> torch.Tensor:
+    """Float input -> integers: ``clamp(round_half_even(x / scale))`` in float32, as int64."""
+    q = torch.round(x.float() / torch.tensor(graph.input.scale, dtype=torch.float32))
+    return q.clamp(graph.input.qmin, graph.input.qmax).to(torch.int64)
+
+
+def dequantize_output(graph: qg.QGraph, y: torch.Tensor) -> torch.Tensor:
+    """Integer output -> float32 (per channel for an int32 accumulator output)."""
+    if graph.output_scales is not None:
+        return (y.double() * torch.from_numpy(graph.output_scales)).float()
+    return (y.double() * graph.output_info.scale).float()
+
+
+def _requant(acc: torch.Tensor, rq: qg.Requant, channel_axis: int) -> torch.Tensor:
+    shape = [1] * acc.dim()
+    if np.asarray(rq.multiplier).size > 1:
+        shape[channel_axis] = -1
+    M = torch.from_numpy(np.asarray(rq.multiplier, dtype=np.int64)).reshape(shape)
+    n = torch.from_numpy(np.asarray(rq.shift, dtype=np.int64)).reshape(shape)
+    y = (acc * M + (torch.ones_like(n) << (n - 1))) >> n
+    return y.clamp(rq.qmin, rq.qmax)
+
+
+def _conv(x, node: qg.Conv2d):
+    w = torch.from_numpy(node.weight.astype(np.float64))
+    bound = float(x.abs().max()) * float(np.abs(node.weight).max()) * np.prod(node.weight.shape[1:])
+    if bound >= _EXACT_LIMIT:
+        raise ConfigError(f"conv {node.name!r}: accumulator bound {bound:.3g} exceeds 2^53; float64 emulation is not exact")
+    acc = F.conv2d(x.double(), w, None, node.stride, node.padding, node.dilation, node.groups)
+    acc = acc.round().to(torch.int64) + torch.from_numpy(node.bias.astype(np.int64)).reshape(1, -1, 1, 1)
+    return acc if node.requant is None else _requant(acc, node.requant, 1)
+
+
+def _dense(x, node: qg.Dense):
+    acc = (x.double() @ torch.from_numpy(node.weight.astype(np.float64)).T).round().to(torch.int64)
+    acc = acc + torch.from_numpy(node.bias.astype(np.int64))
+    return acc if node.requant is None else _requant(acc, node.requant, 1)
+
+
+def _add(a, b, node: qg.Add):
+    n = node.shift
+    y = (a * node.multipliers[0] + b * node.multipliers[1] + (1 << (n - 1))) >> n
+    return y.clamp(node.qmin, node.qmax)
+
+
+def _global_avg_pool(x, node: qg.GlobalAvgPool):
+    return _requant(x.sum(dim=(2, 3), keepdim=True), node.requant, 1)
+
+
+def _max_pool(x, node: qg.MaxPool2d, qmin):
+    ph, pw = node.padding
+    xp = F.pad(x.double(), (pw, pw, ph, ph), value=float(qmin))
+    return F.max_pool2d(xp, node.kernel, node.stride).to(torch.int64)
+
+
+@torch.no_grad()
+def run_reference(graph: qg.QGraph, x_int: torch.Tensor) -> torch.Tensor:
+    """Run the integer program on an integer input (N, ...) and return the integer output (int64).
+
+    Example:
+        >>> y = run_reference(graph, quantize_input(graph, images))
+        >>> logits = dequantize_output(graph, y)
+    """
+    if x_int.is_floating_point():
+        raise ConfigError("run_reference takes the integer input; call quantize_input(graph, x) first")
+    env = {graph.input.name: x_int.to(torch.int64)}
+    for node in graph.nodes:
+        if node.op == "conv2d":
+            y = _conv(env[node.input], node)
+        elif node.op == "dense":
+            y = _dense(env[node.input], node)
+        elif node.op == "add":
+            y = _add(env[node.inputs[0]], env[node.inputs[1]], node)
+        elif node.op == "global_avg_pool":
+            y = _global_avg_pool(env[node.input], node)
+        elif node.op == "max_pool2d":
+            y = _max_pool(env[node.input], node, graph.tensors[node.input].qmin)
+        elif node.op == "clamp":
+            y = env[node.input].clamp(node.qmin, node.qmax)
+        elif node.op == "flatten":
+            y = env[node.input].flatten(1)
+        else:
+            raise ConfigError(f"QGraph node {node.name!r} has unknown op {node.op!r}")
+        env[node.output] = y
+    return env[graph.output]
