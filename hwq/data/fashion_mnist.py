@@ -50,15 +50,18 @@ class FashionMNIST:
 
 
 def find_data_dir(data_dir: str | os.PathLike | None = None) -> Path:
-    """The first directory holding the four Fashion-MNIST files; raises DataError saying how to get them."""
-    candidates = [Path(d) for d in (data_dir, os.environ.get("HWQ_FASHION_MNIST")) if d] + [DEBIAN_DIR]
+    """``data_dir`` if given, else the first of ``$HWQ_FASHION_MNIST`` and the Debian package's directory
+    holding the four Fashion-MNIST files; raises DataError saying how to get them."""
     needed = [f for img, lab, _ in _FILES.values() for f in (img, lab)]
+    if data_dir is not None:   # a directory the user names is the only place looked at
+        missing = [f for f in needed if not (Path(data_dir) / f).is_file()]
+        if missing:
+            raise DataError(f"Fashion-MNIST directory {str(data_dir)!r} lacks {missing}; {HOW_TO_GET}")
+        return Path(data_dir)
+    candidates = [Path(d) for d in (os.environ.get("HWQ_FASHION_MNIST"),) if d] + [DEBIAN_DIR]
     for d in candidates:
         if all((d / f).is_file() for f in needed):
             return d
-    if data_dir is not None:
-        missing = [f for f in needed if not (Path(data_dir) / f).is_file()]
-        raise DataError(f"Fashion-MNIST directory {str(data_dir)!r} lacks {missing}; {HOW_TO_GET}")
     raise DataError(f"Fashion-MNIST not found in {[str(c) for c in candidates]}; {HOW_TO_GET}")
 
 

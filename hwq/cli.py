@@ -1,0 +1,74 @@
+"""The ``hwq`` command line (argparse lives here and nowhere else)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+from hwq.errors import HwqError
+
+
+def _write_json(path: str, data: dict) -> None:
+    """Write JSON atomically: a temporary file renamed into place."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.NamedTemporaryFile("w", dir=p.parent, suffix=".tmp", delete=False) as f:
+        json.dump(data, f, indent=2)
+    os.replace(f.name, p)
+
+
+def _cmd_targets(args) -> int:
+    from hwq.target import list_targets
+
+    rows = [(t.name, t.kind, t.description) for t in list_targets()]
+    w = max(len(r[0]) for r in rows)
+    for name, kind, desc in rows:
+        print(f"{name:{w}s}  {kind:4s}  {desc}")
+    return 0
+
+
+def _cmd_demo(args) -> int:
+    from hwq.demo import DemoConfig, format_table, run_demo
+
+    config = DemoConfig(target=args.target, epochs=args.epochs, train_subset=args.train_subset,
+                        calibration_images=args.calibration_images, data_dir=args.data_dir)
+    results = run_demo(config)
+    print()
+    print(format_table(results))
+    if args.json:
+        _write_json(args.json, results)
+        print(f"\nwrote {args.json}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="hwq", description="hardware-aware deployment compiler for integer accelerators")
+    sub = p.add_subparsers(dest="command", required=True)
+    t = sub.add_parser("targets", help="list the target descriptions in targets/")
+    t.set_defaults(func=_cmd_targets)
+    d = sub.add_parser("demo", help="train (or load) the Fashion-MNIST CNN, quantize to int8, compile, measure")
+    d.add_argument("--target", default="x86-host", help="target name (see 'hwq targets'); default x86-host")
+    d.add_argument("--epochs", type=int, default=3, help="float training epochs (cached per setting)")
+    d.add_argument("--train-subset", type=int, default=0, help="train on this many images (0 = all 60000)")
+    d.add_argument("--calibration-images", type=int, default=1024)
+    d.add_argument("--data-dir", default=None, help="directory with the Fashion-MNIST idx .gz files")
+    d.add_argument("--json", default=None, metavar="PATH", help="also write the results as JSON")
+    d.set_defaults(func=_cmd_demo)
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except HwqError as e:
+        print(f"hwq: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

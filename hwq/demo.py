@@ -1,0 +1,114 @@
+"""The main job on the defaults: Fashion-MNIST -> float training -> int8 PTQ -> TVM build -> measure.
+
+Prints a table of accuracy and latency and returns the same numbers as a dict (``--json`` writes it).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+
+from hwq.data import load_fashion_mnist
+from hwq.errors import ConfigError
+from hwq.models import ResCNN, TrainConfig, evaluate, load_or_train
+from hwq.models.train import to_float_input
+from hwq.timing import environment, median_ms
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    """Options of ``hwq demo``."""
+
+    target: str = "x86-host"
+    epochs: int = 3
+    train_subset: int = 0
+    calibration_images: int = 1024
+    batch_sizes: tuple = (1, 16)
+    data_dir: str | None = None
+
+    def __post_init__(self):
+        if self.calibration_images < 1:
+            raise ConfigError(f"calibration_images must be >= 1, got {self.calibration_images!r}")
+        if not self.batch_sizes or min(self.batch_sizes) < 1:
+            raise ConfigError(f"batch_sizes must be positive ints, got {self.batch_sizes!r}")
+
+
+def run_demo(config: DemoConfig = DemoConfig(), log=print) -> dict:
+    """Run the whole pipeline on the host and return the results (see ``format_table``)."""
+    import tvm  # noqa: F401  (imported here so `environment()` records its version)
+
+    from hwq.lower import compile_float, compile_model
+    from hwq.qat import quantize_ptq, run_reference
+    from hwq.qat.reference import quantize_input
+
+    torch.manual_seed(0)
+    log("[1/5] data: Fashion-MNIST")
+    train, test = load_fashion_mnist("train", config.data_dir), load_fashion_mnist("test", config.data_dir)
+    log(f"      train {len(train)}, test {len(test)} images")
+    log("[2/5] float32 model: ResCNN")
+    model, cached = load_or_train(ResCNN(), train, TrainConfig(epochs=config.epochs, train_subset=config.train_subset),
+                                  log=lambda s: log("     " + s))
+    log(f"      {'loaded from cache' if cached else 'trained and cached'}")
+    fp32_acc = evaluate(model, test)
+
+    log(f"[3/5] int8 post-training quantization ({config.calibration_images} calibration images)")
+    calib = to_float_input(train.subset(config.calibration_images, seed=1).images)
+    graph = quantize_ptq(model, calib)
+    log("      " + graph.summary().replace("\n", "\n      "))
+
+    log(f"[4/5] compile for {config.target!r} with TVM")
+    qmodel = compile_model(graph, config.target)
+    x_test = to_float_input(test.images)
+    preds, int_out = [], []
+    for i in range(0, len(test), 500):
+        xi = quantize_input(graph, x_test[i:i + 500]).numpy().astype(graph.input.dtype)
+        y = qmodel.run_int(xi)
+        int_out.append(y)
+        preds.append(y.argmax(1))
+    tvm_int = np.concatenate(int_out)
+    int8_acc = 100.0 * float((np.concatenate(preds) == test.labels).mean())
+    ref = run_reference(graph, quantize_input(graph, x_test)).numpy()
+    exact = int(np.all(ref == tvm_int, axis=1).sum())
+    with torch.no_grad():
+        agree = 100.0 * float((model(x_test).argmax(1).numpy() == tvm_int.argmax(1)).mean())
+
+    log("[5/5] latency (median ms; torch timed first: TVM's thread pool keeps spinning after a call)")
+    latency = {}
+    for bs in config.batch_sizes:
+        x = x_test[:bs]
+        with torch.no_grad():
+            latency.setdefault("torch fp32 (eager)", {})[bs] = median_ms(lambda: model(x))
+    for bs in config.batch_sizes:
+        xn = x_test[:bs].numpy()
+        f32 = compile_float(model, x_test[:bs], config.target)
+        latency.setdefault("TVM fp32", {})[bs] = median_ms(lambda: f32(xn))
+        latency.setdefault("TVM int8 (hwq)", {})[bs] = median_ms(lambda: qmodel(xn))
+    return {
+        "config": asdict(config), "environment": environment(),
+        "model": {"name": "ResCNN", "macs_per_image": graph.macs(), "from_cache": cached},
+        "accuracy": {"fp32_torch": fp32_acc, "int8_tvm": int8_acc, "delta_points": int8_acc - fp32_acc,
+                     "int8_top1_agreement_with_fp32": agree},
+        "bit_exact": {"images": len(test), "identical_int_logits": exact},
+        "latency_ms": {engine: {str(bs): v for bs, v in d.items()} for engine, d in latency.items()},
+    }
+
+
+def format_table(r: dict) -> str:
+    """The demo's results as a plain-text table."""
+    acc, bx = r["accuracy"], r["bit_exact"]
+    bss = list(next(iter(r["latency_ms"].values())).keys())
+    lines = [f"ResCNN on Fashion-MNIST ({r['model']['macs_per_image'] / 1e6:.1f} M MACs/image), target {r['config']['target']}",
+             "", f"{'accuracy (test set, 10k)':34s} {'top-1 %':>8s}",
+             f"{'fp32 (torch)':34s} {acc['fp32_torch']:8.2f}",
+             f"{'int8 (TVM, integer arithmetic)':34s} {acc['int8_tvm']:8.2f}   ({acc['delta_points']:+.2f} points)",
+             f"int8 top-1 agreement with fp32: {acc['int8_top1_agreement_with_fp32']:.2f} %; "
+             f"TVM == torch integer reference: {bx['identical_int_logits']}/{bx['images']} images bit-exact",
+             "", f"{'latency, median ms':34s}" + "".join(f"{'batch ' + b:>10s}" for b in bss)]
+    for engine, d in r["latency_ms"].items():
+        lines.append(f"{engine:34s}" + "".join(f"{d[b]:10.3f}" for b in bss))
+    base = r["latency_ms"]["torch fp32 (eager)"]
+    lines.append(f"{'speedup int8 vs torch fp32':34s}" + "".join(
+        f"{base[b] / r['latency_ms']['TVM int8 (hwq)'][b]:9.2f}x" for b in bss))
+    return "\n".join(lines)

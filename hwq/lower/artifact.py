@@ -1,0 +1,95 @@
+"""A deployable artifact: a directory with the compiled library and a manifest.
+
+    model.so        the Relax VM executable (cross-compiled for the target's triple)
+    manifest.json   format, versions, target, the library's sha256, the graph's I/O description
+
+Writing goes to a temporary sibling directory that is renamed into place, so an interrupted save
+never leaves a half-written artifact; loading checks the manifest and the library's hash first.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import tvm
+
+import hwq
+from hwq.errors import ArtifactError
+
+FORMAT, FORMAT_VERSION = "hwq-artifact", 1
+LIBRARY, MANIFEST = "model.so", "manifest.json"
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def save_artifact(executable, path, target, graph_json: str, fcompile=None) -> Path:
+    """Export ``executable`` and its manifest to the directory ``path`` (replaced if it exists)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        lib = tmp / LIBRARY
+        if fcompile is None:
+            executable.export_library(str(lib))
+        else:
+            executable.export_library(str(lib), fcompile=fcompile)
+        manifest = {
+            "format": FORMAT, "version": FORMAT_VERSION,
+            "hwq_version": hwq.__version__, "tvm_version": tvm.__version__,
+            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "target": target.name, "target_triple": target.tvm.get("mtriple", ""), "target_kind": target.kind,
+            "library": LIBRARY, "sha256": _sha256(lib),
+            "graph": json.loads(graph_json),
+        }
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
+        old = None
+        if path.exists():
+            old = path.with_name(f".{path.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.rename(path, old)
+        os.rename(tmp, path)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return path
+
+
+def read_manifest(path) -> dict:
+    """The validated manifest of the artifact directory ``path``."""
+    path = Path(path)
+    mf = path / MANIFEST
+    if not mf.is_file():
+        raise ArtifactError(f"{str(path)!r} is not an hwq artifact: {MANIFEST} is missing")
+    try:
+        manifest = json.loads(mf.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ArtifactError(f"{str(mf)!r} is corrupt: {e}") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise ArtifactError(f"{str(mf)!r} has format {manifest.get('format') if isinstance(manifest, dict) else None!r}, "
+                            f"expected {FORMAT!r}")
+    if manifest.get("version") != FORMAT_VERSION:
+        raise ArtifactError(f"{str(mf)!r} has format version {manifest.get('version')!r}; this hwq reads {FORMAT_VERSION}")
+    for key in ("library", "sha256", "target", "graph"):
+        if key not in manifest:
+            raise ArtifactError(f"{str(mf)!r} lacks the field {key!r}")
+    lib = path / manifest["library"]
+    if not lib.is_file():
+        raise ArtifactError(f"{str(path)!r}: the library {manifest['library']!r} is missing")
+    digest = _sha256(lib)
+    if digest != manifest["sha256"]:
+        raise ArtifactError(f"{str(lib)!r} is corrupt: sha256 {digest[:16]}... != manifest's {manifest['sha256'][:16]}...")
+    return manifest

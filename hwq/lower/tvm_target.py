@@ -1,0 +1,60 @@
+"""The one place a :class:`hwq.target.Target` becomes a ``tvm.target.Target``."""
+
+from __future__ import annotations
+
+import difflib
+
+import tvm
+from tvm.target import codegen
+
+from hwq.errors import TargetError, choices
+from hwq.target import Target
+
+DETECT_CPU = "host"  # mcpu value in a target file meaning "the CPU of the machine that builds"
+
+
+def to_tvm_target(target: Target) -> tvm.target.Target:
+    """Build the TVM target of ``target`` from its ``[tvm]`` table.
+
+    ``mcpu = "host"`` (in ``[tvm]`` or a cuda target's ``[tvm.host]``) is replaced by LLVM's name
+    for this machine's CPU, e.g. ``'cascadelake'``: TVM 0.27 rejects option strings and turns
+    ``-mcpu=native`` into ``'generic'``, which would compile without AVX-512 or NEON dot products.
+
+    Example::
+
+        >>> to_tvm_target(load_target("raspberry-pi-5")).attrs["mcpu"]
+        'cortex-a76'
+
+    Raises:
+        TargetError: an ``mcpu`` LLVM does not know for the triple, ``'host'`` on a cross target,
+            or an option TVM rejects; each names the target file.
+    """
+    spec = target.tvm_dict()
+    _resolve_cpu(spec, "tvm", target)
+    if isinstance(spec.get("host"), dict):
+        _resolve_cpu(spec["host"], "tvm.host", target)
+    try:
+        return tvm.target.Target(spec)
+    except ValueError as e:  # TVM's message lists the options it knows
+        raise TargetError(f"{target.source or target.name}: TVM rejected the [tvm] table: {e}") from e
+
+
+def _resolve_cpu(spec: dict, field: str, target: Target) -> None:
+    """Replace ``mcpu = 'host'`` by the detected CPU; check any other mcpu against LLVM's list."""
+    if spec.get("kind") != "llvm" or "mcpu" not in spec:
+        return
+    where = target.source or target.name
+    if spec["mcpu"] == DETECT_CPU:
+        if target.is_cross:  # the build machine's CPU says nothing about the board's
+            raise TargetError(f"{where}: field '{field}.mcpu' is {DETECT_CPU!r} (detect the build machine's CPU), "
+                              f"but {target.name!r} is cross-compiled with {target.cross_compiler!r}; name its CPU")
+        spec["mcpu"] = codegen.llvm_get_system_cpu()
+        return
+    # TVM passes an unknown mcpu on to LLVM, which silently compiles for a generic CPU.
+    triple = spec.get("mtriple") or codegen.llvm_get_system_triple()
+    if not codegen.llvm_is_valid_cpu(spec["mcpu"], triple):
+        known = codegen.llvm_get_cpu_archlist(tvm.target.Target({"kind": "llvm", "mtriple": triple}))
+        close = difflib.get_close_matches(spec["mcpu"], known, n=3)
+        raise TargetError(f"{where}: field '{field}.mcpu' is {spec['mcpu']!r}, which LLVM does not know for "
+                          f"triple {triple!r}; closest: {choices(close) or 'none'} "
+                          f"(or {DETECT_CPU!r} to detect this machine's CPU)")

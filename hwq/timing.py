@@ -1,0 +1,55 @@
+"""Wall-clock timing with medians (the machine is shared and noisy: medians, not means)."""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+
+def median_ms(fn, warmup: int = 5, iters: int = 30, min_seconds: float = 0.5) -> float:
+    """Median wall time of ``fn()`` in milliseconds over at least ``iters`` calls and ``min_seconds``."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    start = time.perf_counter()
+    while len(times) < iters or time.perf_counter() - start < min_seconds:
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times) * 1e3
+
+
+def environment() -> dict:
+    """Machine, versions and date, for every results JSON."""
+    import datetime
+    import platform
+
+    import numpy
+
+    env = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+           "machine": platform.machine(), "processor": _cpu_name(), "python": platform.python_version(),
+           "numpy": numpy.__version__}
+    try:
+        import psutil
+        env["cores_physical"] = psutil.cpu_count(logical=False)
+        env["cores_logical"] = psutil.cpu_count(logical=True)
+        env["memory_gib"] = round(psutil.virtual_memory().total / 2 ** 30, 1)
+    except ImportError:
+        pass
+    import sys
+    for mod in ("torch", "tvm", "onnxruntime"):
+        if mod in sys.modules:
+            env[mod] = getattr(sys.modules[mod], "__version__", "?")
+    return env
+
+
+def _cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+    return platform.processor() or "unknown"

@@ -1,0 +1,87 @@
+"""TVM's integer build equals the torch integer reference bit for bit."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import calibrated_graph, zoo_models
+from hwq.errors import ArtifactError, ConfigError, TargetError
+from hwq.lower import compile_model, load_model
+from hwq.qat import run_reference
+from hwq.qat.reference import dequantize_output, quantize_input
+
+MODELS = zoo_models()
+
+
+@pytest.fixture(scope="module", params=sorted(MODELS))
+def built(request):
+    model, shape, signed = MODELS[request.param]
+    graph, _ = calibrated_graph(model, shape, signed)
+    return request.param, graph, compile_model(graph, "x86-host"), shape, signed
+
+
+@pytest.mark.parametrize("batch", [1, 3, 16])
+def test_int_program_is_bit_exact(built, batch):
+    name, graph, cm, shape, signed = built
+    g = torch.Generator().manual_seed(100 + batch)
+    # inputs beyond the calibrated range too, so the clamps are exercised
+    x = (torch.randn(batch, *shape, generator=g) * 1.5) if signed else torch.rand(batch, *shape, generator=g) * 1.2
+    xi = quantize_input(graph, x)
+    assert xi.abs().sum() > 0
+    ref = run_reference(graph, xi).numpy()
+    out = cm.run_int(xi.numpy().astype(graph.input.dtype))
+    assert out.dtype == np.dtype(graph.output_info.dtype)
+    assert np.array_equal(out.astype(np.int64), ref), f"{name}: {int((out != ref).sum())} of {ref.size} differ"
+
+
+def test_float_entry_point_matches_reference(built):
+    name, graph, cm, shape, signed = built
+    x = torch.randn(5, *shape) if signed else torch.rand(5, *shape)
+    expected = dequantize_output(graph, run_reference(graph, quantize_input(graph, x))).numpy()
+    assert np.array_equal(cm(x.numpy()), expected)
+
+
+def test_artifact_round_trip_and_corruption(tmp_path):
+    model, shape, signed = MODELS["rescnn"]
+    graph, x = calibrated_graph(model, shape, signed)
+    cm = compile_model(graph, "x86-host")
+    path = cm.save(tmp_path / "art")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["art"]          # no temporary left behind
+    manifest = json.loads((path / "manifest.json").read_text())
+    assert manifest["target"] == "x86-host" and manifest["graph"]["macs"] == graph.macs()
+    loaded = load_model(path)
+    assert np.array_equal(loaded(x[:4].numpy()), cm(x[:4].numpy()))
+    # a flipped byte in the library is caught by the manifest's hash
+    lib = path / "model.so"
+    data = bytearray(lib.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    lib.write_bytes(bytes(data))
+    with pytest.raises(ArtifactError, match="corrupt"):
+        load_model(path)
+    (path / "manifest.json").write_text("{oops")
+    with pytest.raises(ArtifactError, match="corrupt"):
+        load_model(path)
+    with pytest.raises(ArtifactError, match="manifest.json is missing"):
+        load_model(tmp_path)
+
+
+def test_cross_compiled_aarch64_artifact(tmp_path):
+    model, shape, signed = MODELS["rescnn"]
+    graph, _ = calibrated_graph(model, shape, signed)
+    cm = compile_model(graph, "raspberry-pi-5")
+    with pytest.raises(TargetError, match="raspberry-pi-5"):
+        cm(np.zeros((1, *shape), np.float32))
+    path = cm.save(tmp_path / "pi5")
+    elf = (path / "model.so").read_bytes()
+    assert elf[:4] == b"\x7fELF" and int.from_bytes(elf[18:20], "little") == 183   # e_machine = EM_AARCH64
+    with pytest.raises(ArtifactError, match="raspberry-pi-5"):
+        load_model(path)
+
+
+def test_cuda_target_is_a_clear_error():
+    model, shape, signed = MODELS["reluout"]
+    graph, _ = calibrated_graph(model, shape, signed)
+    with pytest.raises(ConfigError, match="nvidia-t4"):
+        compile_model(graph, "nvidia-t4")
