@@ -43,6 +43,9 @@ def run_demo(config: DemoConfig = DemoConfig(), log=print) -> dict:
     from hwq.qat import quantize_ptq, run_reference
     from hwq.qat.reference import quantize_input
 
+    from hwq.target import load_target
+
+    target = load_target(config.target)       # a typo fails here, before minutes of training
     torch.manual_seed(0)
     log("[1/5] data: Fashion-MNIST")
     train, test = load_fashion_mnist("train", config.data_dir), load_fashion_mnist("test", config.data_dir)
@@ -59,7 +62,7 @@ def run_demo(config: DemoConfig = DemoConfig(), log=print) -> dict:
     log("      " + graph.summary().replace("\n", "\n      "))
 
     log(f"[4/5] compile for {config.target!r} with TVM")
-    qmodel = compile_model(graph, config.target)
+    qmodel = compile_model(graph, target)
     x_test = to_float_input(test.images)
     preds, int_out = [], []
     for i in range(0, len(test), 500):
@@ -82,7 +85,7 @@ def run_demo(config: DemoConfig = DemoConfig(), log=print) -> dict:
             latency.setdefault("torch fp32 (eager)", {})[bs] = median_ms(lambda: model(x))
     for bs in config.batch_sizes:
         xn = x_test[:bs].numpy()
-        f32 = compile_float(model, x_test[:bs], config.target)
+        f32 = compile_float(model, x_test[:bs], target)
         latency.setdefault("TVM fp32", {})[bs] = median_ms(lambda: f32(xn))
         latency.setdefault("TVM int8 (hwq)", {})[bs] = median_ms(lambda: qmodel(xn))
     return {
