@@ -82,7 +82,7 @@ def compile_model(graph: qg.QGraph, target: Target | str = "x86-host") -> Compil
     if target.kind != "cpu":
         raise ConfigError(f"target {target.name!r} is a {target.kind!r} target; the integer lowering builds CPU "
                           f"(llvm) targets so far: x86 and aarch64. CUDA integer kernels are not implemented yet")
-    mod = build_relax_module(graph)
+    mod = build_relax_module(graph, target)
     executable = tvm.compile(mod, target=to_tvm_target(target))
     return CompiledModel(executable, target, graph.describe_json(), graph)
 

@@ -17,46 +17,82 @@ from tvm import relax, tirx
 
 from hwq import qgraph as qg
 from hwq.errors import ConfigError
+from hwq.lower.kernels import Kernel, layout_for, select_kernel
 
 
 def _const(a, dtype):
     return relax.const(np.asarray(a).astype(dtype), dtype)
 
 
-def _channel(a, ndim, dtype):
-    """A per-channel constant broadcast over axis 1 of an ``ndim`` tensor (or a scalar)."""
-    a = np.asarray(a)
-    if a.size == 1:
-        return _const(a.reshape(()), dtype)
-    return _const(a.reshape([1, -1] + [1] * (ndim - 2)), dtype)
-
-
 class _Emitter:
-    def __init__(self, bb: relax.BlockBuilder, graph: qg.QGraph, batch):
-        self.bb, self.graph, self.batch = bb, graph, batch
+    def __init__(self, bb: relax.BlockBuilder, graph: qg.QGraph, batch, target=None):
+        self.bb, self.graph, self.batch, self.target = bb, graph, batch, target
+        self.layout = layout_for(target)
+        self.kernels_used: list = []
 
     def emit(self, expr):
         return self.bb.emit(expr)
 
+    def channel(self, a, ndim, dtype):
+        """A per-channel constant broadcast over the channel axis of an ``ndim`` tensor (or a scalar)."""
+        a = np.asarray(a)
+        if a.size == 1:
+            return _const(a.reshape(()), dtype)
+        if self.layout == "NHWC" or ndim == 2:
+            return _const(a.reshape(-1), dtype)       # channels are the last axis
+        return _const(a.reshape([1, -1] + [1] * (ndim - 2)), dtype)
+
     def requant(self, acc, rq: qg.Requant, ndim: int, dtype: str):
         a64 = self.emit(relax.op.astype(acc, "int64"))
         shift = np.asarray(rq.shift, dtype=np.int64)
-        prod = self.emit(relax.op.multiply(a64, _channel(rq.multiplier, ndim, "int64")))
-        rounded = self.emit(relax.op.add(prod, _channel(np.left_shift(1, shift - 1), ndim, "int64")))
-        shifted = self.emit(relax.op.right_shift(rounded, _channel(shift, ndim, "int64")))
+        prod = self.emit(relax.op.multiply(a64, self.channel(rq.multiplier, ndim, "int64")))
+        rounded = self.emit(relax.op.add(prod, self.channel(np.left_shift(1, shift - 1), ndim, "int64")))
+        shifted = self.emit(relax.op.right_shift(rounded, self.channel(shift, ndim, "int64")))
         return self.cast_clip(shifted, rq.qmin, rq.qmax, dtype)
+
+    def call_kernel(self, x, node, kernel: Kernel, in_channels: int, true_channels: int):
+        """Offset, pad, call the scheduled PrimFunc, drop padded output channels."""
+        if kernel.input_offset:
+            x16 = self.emit(relax.op.add(self.emit(relax.op.astype(x, "int16")), _const(kernel.input_offset, "int16")))
+            x = self.emit(relax.op.astype(x16, "uint8"))
+        pt, pb, pl, pr = kernel.pad
+        extra_c = kernel.in_channels - in_channels
+        if pt or pb or pl or pr or extra_c:
+            # padding holds the real value 0, which is `input_offset` after the shift
+            x = self.emit(relax.op.nn.pad(x, [0, 0, pt, pb, pl, pr, 0, extra_c], pad_value=float(kernel.input_offset)))
+        name = f"hwq_{node.op}_{len(self.kernels_used)}"
+        gv = self.bb.add_func(kernel.func.with_attr("global_symbol", name), name)
+        self.kernels_used.append((node.name, kernel.name))
+        params = [_const(p, str(p.dtype)) for p in kernel.params]   # relax.const narrows int64 otherwise
+        out_ty = relax.TensorType([self.batch, *kernel.out_shape], self.dtype(node.output))
+        y = self.emit(relax.call_tir(gv, [x, *params], out_ty))
+        if kernel.out_channels != true_channels:
+            y = self.emit(relax.op.strided_slice(y, axes=[3], begin=[0], end=[true_channels]))
+        return y
 
     def cast_clip(self, x, qmin, qmax, dtype):
         return self.emit(relax.op.astype(self.emit(relax.op.clip(x, qmin, qmax)), dtype))
 
+    def _kernel(self, node):
+        return select_kernel(node, self.graph.tensors[node.input], self.graph.tensors[node.output], self.target)
+
     def conv2d(self, x, node: qg.Conv2d):
+        kernel = self._kernel(node)
+        if kernel is not None:
+            return self.call_kernel(x, node, kernel, self.graph.tensors[node.input].shape[0], node.weight.shape[0])
+        w, kl = (node.weight, "OIHW") if self.layout == "NCHW" else (node.weight.transpose(2, 3, 1, 0), "HWIO")
         acc = self.emit(relax.op.nn.conv2d(
-            x, _const(node.weight, "int8"), strides=node.stride, padding=node.padding, dilation=node.dilation,
-            groups=node.groups, data_layout="NCHW", kernel_layout="OIHW", out_dtype="int32"))
-        acc = self.emit(relax.op.add(acc, _channel(node.bias, 4, "int32")))
+            x, _const(w, "int8"), strides=node.stride, padding=node.padding, dilation=node.dilation,
+            groups=node.groups, data_layout=self.layout, kernel_layout=kl, out_dtype="int32"))
+        acc = self.emit(relax.op.add(acc, self.channel(node.bias, 4, "int32")))
         return acc if node.requant is None else self.requant(acc, node.requant, 4, self.dtype(node.output))
 
     def dense(self, x, node: qg.Dense):
+        kernel = self._kernel(node)
+        if kernel is not None:
+            x4 = self.emit(relax.op.reshape(x, relax.ShapeExpr([self.batch, 1, 1, node.weight.shape[1]])))
+            y = self.call_kernel(x4, node, kernel, node.weight.shape[1], node.weight.shape[0])
+            return self.emit(relax.op.reshape(y, relax.ShapeExpr([self.batch, node.weight.shape[0]])))
         acc = self.emit(relax.op.matmul(x, _const(node.weight.T, "int8"), out_dtype="int32"))
         acc = self.emit(relax.op.add(acc, _const(node.bias, "int32")))
         return acc if node.requant is None else self.requant(acc, node.requant, 2, self.dtype(node.output))
@@ -71,22 +107,28 @@ class _Emitter:
         return self.cast_clip(s, node.qmin, node.qmax, self.dtype(node.output))
 
     def global_avg_pool(self, x, node: qg.GlobalAvgPool):
-        total = self.emit(relax.op.sum(self.emit(relax.op.astype(x, "int32")), axis=[2, 3], keepdims=True))
+        axes = [2, 3] if self.layout == "NCHW" else [1, 2]
+        total = self.emit(relax.op.sum(self.emit(relax.op.astype(x, "int32")), axis=axes, keepdims=True))
         return self.requant(total, node.requant, 4, self.dtype(node.output))
 
     def max_pool2d(self, x, node: qg.MaxPool2d):
         # TVM pads with the dtype's minimum; every window holds a real element (padding < kernel),
         # so the result equals padding with the tensor's qmin as the reference does.
-        return self.emit(relax.op.nn.max_pool2d(x, node.kernel, node.stride, node.padding, layout="NCHW"))
+        return self.emit(relax.op.nn.max_pool2d(x, node.kernel, node.stride, node.padding, layout=self.layout))
 
     def flatten(self, x, node: qg.Flatten):
         features = int(np.prod(self.graph.tensors[node.output].shape))
+        c, h, w = self.graph.tensors[node.input].shape
+        if self.layout == "NHWC" and h * w > 1:   # torch flattens in NCHW order
+            x = self.emit(relax.op.permute_dims(x, [0, 3, 1, 2]))
         return self.emit(relax.op.reshape(x, relax.ShapeExpr([self.batch, features])))
 
     def dtype(self, name):
         return self.graph.tensors[name].dtype
 
     def body(self, x):
+        if self.layout == "NHWC":
+            x = self.emit(relax.op.permute_dims(x, [0, 2, 3, 1]))
         env = {self.graph.input.name: x}
         for node in self.graph.nodes:
             if node.op == "add":
@@ -97,18 +139,26 @@ class _Emitter:
                 env[node.output] = getattr(self, node.op)(env[node.input], node)
             else:
                 raise ConfigError(f"QGraph node {node.name!r} has op {node.op!r} that the Relax lowering lacks")
-        return env[self.graph.output]
+        out = env[self.graph.output]
+        if self.layout == "NHWC" and len(self.graph.output_info.shape) == 3:
+            out = self.emit(relax.op.permute_dims(out, [0, 3, 1, 2]))
+        return out
 
 
-def build_relax_module(graph: qg.QGraph) -> tvm.IRModule:
-    """The Relax ``IRModule`` (functions ``forward_int`` and ``main``) of an integer program."""
+def build_relax_module(graph: qg.QGraph, target=None) -> tvm.IRModule:
+    """The Relax ``IRModule`` (functions ``forward_int`` and ``main``) of an integer program.
+
+    With a ``target`` for which hwq has kernels, activations are NHWC inside ``forward_int`` and
+    conv / dense call hand-scheduled kernels; without one, Relax's generic NCHW operators.
+    Both entry points take and return the graph's own layout (NCHW) either way.
+    """
     bb = relax.BlockBuilder()
     n = tirx.Var("n", "int64")
     in_shape = [n, *graph.input.shape]
     xi = relax.Var("x", relax.TensorType(in_shape, graph.input.dtype))
     with bb.function("forward_int", [xi]):
         with bb.dataflow():
-            out = bb.emit_output(_Emitter(bb, graph, n).body(xi))
+            out = bb.emit_output(_Emitter(bb, graph, n, target).body(xi))
         fwd = bb.emit_func_output(out)
     xf = relax.Var("x", relax.TensorType(in_shape, "float32"))
     with bb.function("main", [xf]):
@@ -120,7 +170,8 @@ def build_relax_module(graph: qg.QGraph) -> tvm.IRModule:
             # dequantize in float64 then round once to float32, as the reference does
             out_ndim = 1 + len(graph.output_info.shape)
             scales = graph.output_scales if graph.output_scales is not None else graph.output_info.scale
-            yf = e.emit(relax.op.multiply(e.emit(relax.op.astype(y, "float64")), _channel(scales, out_ndim, "float64")))
+            e.layout = "NCHW"   # main sees forward_int's NCHW output
+            yf = e.emit(relax.op.multiply(e.emit(relax.op.astype(y, "float64")), e.channel(scales, out_ndim, "float64")))
             out = bb.emit_output(relax.op.astype(yf, "float32"))
         bb.emit_func_output(out)
     del fwd

@@ -1,0 +1,112 @@
+"""Kernel rules: which hand-scheduled kernel lowers a conv / dense on which target."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import tvm
+from tvm import te, tirx
+
+from hwq import qgraph as qg
+from hwq.lower.kernels import x86_vnni
+from hwq.target import Target
+
+_OPAQUE = 8   # relax's kOpaque op pattern: FuseOps must not merge other ops into a scheduled kernel
+
+
+@dataclass(frozen=True)
+class Kernel:
+    """A scheduled PrimFunc plus what the graph must do around it.
+
+    The kernel reads NHWC uint8 data already padded by ``pad`` (top, bottom, left, right) and with
+    ``in_channels`` channels (zero channels appended), after ``input_offset`` was added (128 for a
+    signed input); it writes NHWC with ``out_channels`` channels (the node's, rounded up).
+    """
+
+    name: str
+    func: tvm.tirx.PrimFunc
+    params: tuple            # numpy arrays, passed after the data: packed weight, bias, multiplier, shift
+    pad: tuple
+    in_channels: int
+    out_channels: int
+    input_offset: int
+    out_shape: tuple         # (OH, OW, out_channels), batch excluded
+
+
+def _round_up(v: int, m: int) -> int:
+    return (v + m - 1) // m * m
+
+
+def _largest_divisor(n: int, limit: int) -> int:
+    return max(d for d in range(1, min(n, limit) + 1) if n % d == 0)
+
+
+class VnniConv2d:
+    """conv2d (groups == 1) and dense on AVX-512 VNNI (``vpdpbusd``), NHWC, fused epilogue."""
+
+    name = "x86-avx512-vnni"
+
+    def apply(self, node, in_info: qg.TensorInfo, out_info: qg.TensorInfo, target: Target) -> Kernel | None:
+        if target.kind != "cpu" or not target.has_feature("avx512vnni"):
+            return None
+        if node.op == "conv2d":
+            if node.groups != 1:
+                return None
+            w = node.weight
+            kh, kw = w.shape[2:]
+            (sh, sw), (dh, dw), (ph, pw) = node.stride, node.dilation, node.padding
+            h, wd = in_info.shape[1] + 2 * ph, in_info.shape[2] + 2 * pw
+        elif node.op == "dense":
+            w = node.weight[:, :, None, None]
+            kh = kw = sh = sw = dh = dw = 1
+            ph = pw = 0
+            h = wd = 1
+        else:
+            return None
+        cout, cin = w.shape[:2]
+        cin_p, cout_p = _round_up(cin, 4), _round_up(cout, 16)
+        wp = np.zeros((cout_p, cin_p, kh, kw), np.int8)
+        wp[:cout, :cin] = w
+        offset = 128 if in_info.dtype == "int8" else 0
+        # (x + 128) . w = x . w + 128 * sum(w): subtract the second term through the bias
+        bias = np.zeros(cout_p, np.int64)
+        bias[:cout] = node.bias.astype(np.int64) - offset * w.reshape(cout, -1).astype(np.int64).sum(1)
+        if np.abs(bias).max() >= 2 ** 31:
+            return None
+        rq = node.requant
+        mult = np.ones(cout_p, np.int64)
+        shift = np.ones(cout_p, np.int64)
+        if rq is not None:
+            mult[:cout] = np.broadcast_to(rq.multiplier, (cout,))
+            shift[:cout] = np.broadcast_to(rq.shift, (cout,))
+        out_dtype = out_info.dtype
+        qmin, qmax = (rq.qmin, rq.qmax) if rq is not None else (0, 0)
+        n = tirx.Var("n", "int64")
+        args = x86_vnni.conv_compute(n, h, wd, cin_p, cout_p, kh, kw, (sh, sw), (dh, dw), out_dtype, qmin, qmax)
+        oh, ow = (int(d) for d in args[-1].shape[1:3])
+        tile = x86_vnni.ConvTile(tw=_largest_divisor(ow, 8), ob=2 if cout_p % 32 == 0 else 1)
+        func = x86_vnni.schedule_conv(te.create_prim_func(args), tile).with_attr("op_pattern", _OPAQUE)
+        params = (x86_vnni.pack_conv_weight(wp), bias.astype(np.int32), mult, shift)
+        return Kernel(self.name, func, params, (ph, ph, pw, pw), cin_p, cout_p, offset, (oh, ow, cout_p))
+
+
+RULES = (VnniConv2d(),)
+
+
+def select_kernel(node, in_info, out_info, target: Target | None, rules=RULES) -> Kernel | None:
+    """The first rule's kernel for ``node`` on ``target``, or None (generic Relax lowering)."""
+    if target is None:
+        return None
+    for rule in rules:
+        kernel = rule.apply(node, in_info, out_info, target)
+        if kernel is not None:
+            return kernel
+    return None
+
+
+def layout_for(target: Target | None) -> str:
+    """Activation layout of the whole graph: NHWC where hwq has kernels for the target, else NCHW."""
+    if target is not None and target.kind == "cpu" and target.has_feature("avx512vnni"):
+        return "NHWC"
+    return "NCHW"
