@@ -71,7 +71,9 @@ def schedule_conv(func: tvm.tirx.PrimFunc, tile: ConvTile) -> tvm.tirx.PrimFunc:
     xo, xi = sch.split(x, [None, tile.tw])
     oo, om, oi = sch.split(o, [None, tile.ob, 16])
     co, ci = sch.split(rc, [None, 4])
-    sch.reorder(b, y, xo, oo, rh, rw, co, xi, om, oi, ci)
+    # rows outermost: one parallel region per call whatever the batch (a region per image costs
+    # a thread-pool wake-up each)
+    sch.reorder(y, b, xo, oo, rh, rw, co, xi, om, oi, ci)
     sch.reverse_compute_at(out, oo)
     sch.parallel(y)
     sch.decompose_reduction(acc, rh)

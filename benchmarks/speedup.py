@@ -1,0 +1,267 @@
+"""Speed of hwq int8 against what users would pick instead, on this machine.
+
+Engines (each timed in its own process: TVM's thread pool keeps spinning after a call and would
+steal the cores from whatever runs next in the same process):
+  torch-fp32-eager, torch-fp32-script (frozen TorchScript + optimize_for_inference),
+  ort-fp32, ort-int8 (onnxruntime static QDQ, per-channel, uint8 activations / int8 weights,
+  its own MinMax calibration on the same images hwq calibrates on), tvm-fp32 (TVM's torch
+  frontend, default schedules), hwq-int8.
+For each engine: median latency at batch 1 and 16, top-1 agreement with torch fp32 on test
+images, and for hwq the per-layer kernel GOP/s against the target's int8 peak.
+
+    .venv/bin/python benchmarks/speedup.py            # table + benchmarks/results/speedup.json (+ .png)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+ENGINES = ["torch-fp32-eager", "torch-fp32-script", "ort-fp32", "ort-int8", "tvm-fp32", "hwq-int8"]
+BATCHES = (1, 16)
+AGREE_IMAGES = 2000
+CALIB_IMAGES = 1024
+
+
+def _data(model_name):
+    from hwq.data import load_fashion_mnist
+    from hwq.models.train import to_float_input
+
+    train, test = load_fashion_mnist("train"), load_fashion_mnist("test")
+    calib = to_float_input(train.subset(CALIB_IMAGES, seed=1).images)
+    return calib, to_float_input(test.images[:AGREE_IMAGES]), test.labels[:AGREE_IMAGES]
+
+
+def _model(model_name):
+    from hwq.data import load_fashion_mnist
+    from hwq.demo import DemoConfig
+    from hwq.models import ResCNN, TrainConfig, load_or_train
+
+    if model_name != "rescnn":
+        raise SystemExit(f"unknown model {model_name!r}; valid: 'rescnn'")
+    cfg = DemoConfig()
+    model, _ = load_or_train(ResCNN(), load_fashion_mnist("train"), TrainConfig(epochs=cfg.epochs))
+    return model.eval()
+
+
+def _onnx(model, path, example):
+    import torch
+
+    torch.onnx.export(model, (example,), str(path), dynamo=False, input_names=["x"], output_names=["y"],
+                      dynamic_axes={"x": {0: "n"}, "y": {0: "n"}}, opset_version=17)
+
+
+def _build(engine, model, calib, workdir):
+    """Return ``run(x: torch.Tensor) -> np.ndarray`` for one engine."""
+    import torch
+
+    if engine == "torch-fp32-eager":
+        def run(x):
+            with torch.no_grad():
+                return model(x).numpy()
+        return run, {}
+    if engine == "torch-fp32-script":
+        with torch.no_grad():
+            sm = torch.jit.optimize_for_inference(torch.jit.freeze(torch.jit.trace(model, calib[:1]).eval()))
+
+        def run(x):
+            with torch.no_grad():
+                return sm(x).numpy()
+        return run, {}
+    if engine in ("ort-fp32", "ort-int8"):
+        import onnxruntime as ort
+
+        fp32 = Path(workdir) / "model.onnx"
+        _onnx(model, fp32, calib[:1])
+        path = fp32
+        if engine == "ort-int8":
+            from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+            from onnxruntime.quantization.shape_inference import quant_pre_process
+
+            class Reader(CalibrationDataReader):
+                def __init__(self):
+                    self.it = iter([{"x": calib[i:i + 64].numpy()} for i in range(0, len(calib), 64)])
+
+                def get_next(self):
+                    return next(self.it, None)
+
+            pre = Path(workdir) / "model.pre.onnx"
+            quant_pre_process(str(fp32), str(pre))
+            path = Path(workdir) / "model.int8.onnx"
+            quantize_static(str(pre), str(path), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = os.cpu_count()
+        sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        return (lambda x: sess.run(None, {"x": x.numpy()})[0]), {}
+    if engine == "tvm-fp32":
+        from hwq.lower import compile_float
+
+        built = {}
+
+        def run(x):
+            b = x.shape[0]
+            if b not in built:   # the float build has static shapes: one build per batch size
+                built[b] = compile_float(model, x, "x86-host")
+            return built[b](x.numpy())
+        return run, {}
+    if engine == "hwq-int8":
+        from hwq.lower import compile_model
+        from hwq.qat import quantize_ptq
+
+        graph = quantize_ptq(model, calib)
+        cm = compile_model(graph, "x86-host")
+        return (lambda x: cm(x.numpy())), {"layers": _layer_rates(graph)}
+    raise SystemExit(f"unknown engine {engine!r}; valid: {ENGINES}")
+
+
+def _layer_rates(graph):
+    """Each conv / dense kernel timed alone at batch 16: GOP/s and fraction of the int8 peak."""
+    import tvm
+
+    from hwq.lower.kernels import select_kernel
+    from hwq.lower.tvm_target import to_tvm_target
+    from hwq.target import load_target
+    from hwq.timing import median_ms
+
+    target = load_target("x86-host")
+    peak = target.peak_ops_per_s("int8")
+    rows = []
+    rng = np.random.default_rng(0)
+    for node in graph.nodes:
+        if node.op not in ("conv2d", "dense"):
+            continue
+        k = select_kernel(node, graph.tensors[node.input], graph.tensors[node.output], target)
+        if k is None:
+            rows.append({"layer": node.name, "kernel": "generic relax"})
+            continue
+        lib = tvm.compile(tvm.IRModule({"main": k.func.with_attr("global_symbol", "main")}), to_tvm_target(target))
+        b = 16
+        if node.op == "conv2d":
+            _, h, w = graph.tensors[node.input].shape
+            pt, pb, pl, pr = k.pad
+            xin = (h + pt + pb, w + pl + pr, k.in_channels)
+        else:
+            xin = (1, 1, k.in_channels)
+        x = rng.integers(0, 256, (b, *xin), dtype=np.uint8)
+        out = tvm.runtime.empty((b, *k.out_shape), graph.tensors[node.output].dtype)
+        args = [tvm.runtime.tensor(x)] + [tvm.runtime.tensor(p) for p in k.params] + [out]
+        ms = median_ms(lambda: lib["main"](*args), warmup=3, iters=30, min_seconds=0.3)
+        true_macs = b * int(np.prod(graph.tensors[node.output].shape)) * int(np.prod(node.weight.shape[1:]))
+        ops = 2 * true_macs
+        rows.append({"layer": node.name, "kernel": k.name, "batch": b, "ms": ms, "gops": ops / ms / 1e6,
+                     "fraction_of_peak": ops / (ms * 1e-3) / peak})
+    return rows
+
+
+def run_engine(engine, model_name, out_path):
+    """Child process: build one engine, time it, write its JSON."""
+    import torch
+
+    from hwq.timing import environment, median_ms
+
+    torch.set_num_threads(os.cpu_count())
+    model = _model(model_name)
+    calib, xs, labels = _data(model_name)
+    with tempfile.TemporaryDirectory() as wd:
+        run, extra = _build(engine, model, calib, wd)
+        with torch.no_grad():
+            ref = model(xs).numpy().argmax(1)
+        preds = np.concatenate([run(xs[i:i + 100]).argmax(1) for i in range(0, len(xs), 100)])
+        lat = {str(b): median_ms(lambda: run(xs[:b]), warmup=10, iters=50, min_seconds=1.0) for b in BATCHES}
+    res = {"engine": engine, "model": model_name, "latency_ms": lat,
+           "top1_agreement_with_fp32": float((preds == ref).mean()), "top1_accuracy": float((preds == labels).mean()),
+           "images": len(xs), "environment": environment(), **extra}
+    Path(out_path).write_text(json.dumps(res, indent=2))
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--engine", help=argparse.SUPPRESS)
+    ap.add_argument("--out", help=argparse.SUPPRESS)
+    ap.add_argument("--models", default="rescnn")
+    ap.add_argument("--engines", default=",".join(ENGINES))
+    args = ap.parse_args()
+    if args.engine:
+        return run_engine(args.engine, args.models, args.out)
+    from hwq.timing import environment
+
+    results = {"environment": environment(), "models": {}}
+    for model_name in args.models.split(","):
+        rows = {}
+        for engine in args.engines.split(","):
+            with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as f:
+                out = f.name
+            print(f"[{model_name}] {engine} ...", flush=True)
+            subprocess.run([sys.executable, __file__, "--engine", engine, "--models", model_name, "--out", out],
+                           check=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+            rows[engine] = json.loads(Path(out).read_text())
+            os.unlink(out)
+        results["models"][model_name] = rows
+    print(format_table(results))
+    RESULTS.mkdir(exist_ok=True)
+    tmp = RESULTS / "speedup.json.tmp"
+    tmp.write_text(json.dumps(results, indent=2))
+    tmp.replace(RESULTS / "speedup.json")
+    _plot(results)
+    return 0
+
+
+def format_table(results) -> str:
+    lines = []
+    for model_name, rows in results["models"].items():
+        base = rows.get("torch-fp32-eager")
+        ort8 = rows.get("ort-int8")
+        lines.append(f"\n{model_name}: median latency ms (speedup vs torch fp32 eager; vs onnxruntime int8)")
+        lines.append(f"{'engine':20s}" + "".join(f"{'batch ' + str(b):>28s}" for b in BATCHES) + f"{'top-1 agree':>13s}")
+        for engine, r in rows.items():
+            cells = ""
+            for b in map(str, BATCHES):
+                ms = r["latency_ms"][b]
+                vs_t = base["latency_ms"][b] / ms if base else float("nan")
+                vs_o = ort8["latency_ms"][b] / ms if ort8 else float("nan")
+                cells += f"{ms:10.3f} ({vs_t:5.2f}x; {vs_o:5.2f}x)"
+            lines.append(f"{engine:20s}{cells}{100 * r['top1_agreement_with_fp32']:12.2f}%")
+        layers = rows.get("hwq-int8", {}).get("layers", [])
+        if layers:
+            lines.append(f"\nhwq int8 kernels alone, batch 16: {'layer':10s} {'ms':>8s} {'GOP/s':>8s} {'% of int8 peak':>15s}")
+            for l in layers:
+                if "ms" in l:
+                    lines.append(f"{'':34s}{l['layer']:10s} {l['ms']:8.3f} {l['gops']:8.1f} {100 * l['fraction_of_peak']:14.1f}%")
+    return "\n".join(lines)
+
+
+def _plot(results):
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib not installed: no plot (pip install matplotlib)")
+        return
+    models = list(results["models"])
+    fig, axes = plt.subplots(1, len(models) * len(BATCHES), figsize=(5 * len(models) * len(BATCHES), 4), squeeze=False)
+    for i, (m, b) in enumerate((m, b) for m in models for b in BATCHES):
+        rows = results["models"][m]
+        names = list(rows)
+        ax = axes[0][i]
+        ax.barh(names, [rows[n]["latency_ms"][str(b)] for n in names], color=["C3" if n == "hwq-int8" else "C0" for n in names])
+        ax.set_xscale("log")
+        ax.set_xlabel("median latency, ms (log)")
+        ax.set_title(f"{m}, batch {b}")
+    fig.tight_layout()
+    fig.savefig(RESULTS / "speedup.png", dpi=100)
+    print(f"wrote {RESULTS / 'speedup.png'}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
