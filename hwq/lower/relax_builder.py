@@ -51,15 +51,21 @@ class _Emitter:
         return self.cast_clip(shifted, rq.qmin, rq.qmax, dtype)
 
     def call_kernel(self, x, node, kernel: Kernel, in_channels: int, true_channels: int):
-        """Offset, pad, call the scheduled PrimFunc, drop padded output channels."""
-        if kernel.input_offset:
-            x16 = self.emit(relax.op.add(self.emit(relax.op.astype(x, "int16")), _const(kernel.input_offset, "int16")))
-            x = self.emit(relax.op.astype(x16, "uint8"))
-        pt, pb, pl, pr = kernel.pad
-        extra_c = kernel.in_channels - in_channels
-        if pt or pb or pl or pr or extra_c:
-            # padding holds the real value 0, which is `input_offset` after the shift
-            x = self.emit(relax.op.nn.pad(x, [0, 0, pt, pb, pl, pr, 0, extra_c], pad_value=float(kernel.input_offset)))
+        """Offset, pad (or gather patches), call the scheduled PrimFunc, drop padded output channels."""
+        if kernel.pre is not None:
+            name = f"hwq_im2col_{len(self.kernels_used)}"
+            gv = self.bb.add_func(kernel.pre.with_attr("global_symbol", name), name)
+            ty = relax.TensorType([self.batch, *kernel.out_shape[:2], kernel.in_channels], "uint8")
+            x = self.emit(relax.call_tir(gv, [x], ty))
+        else:
+            if kernel.input_offset:
+                x16 = self.emit(relax.op.add(self.emit(relax.op.astype(x, "int16")), _const(kernel.input_offset, "int16")))
+                x = self.emit(relax.op.astype(x16, "uint8"))
+            pt, pb, pl, pr = kernel.pad
+            extra_c = kernel.in_channels - in_channels
+            if pt or pb or pl or pr or extra_c:
+                # padding holds the real value 0, which is `input_offset` after the shift
+                x = self.emit(relax.op.nn.pad(x, [0, 0, pt, pb, pl, pr, 0, extra_c], pad_value=float(kernel.input_offset)))
         name = f"hwq_{node.op}_{len(self.kernels_used)}"
         gv = self.bb.add_func(kernel.func.with_attr("global_symbol", name), name)
         self.kernels_used.append((node.name, kernel.name))

@@ -9,7 +9,7 @@ import tvm
 from tvm import te, tirx
 
 from hwq import qgraph as qg
-from hwq.lower.kernels import x86_vnni
+from hwq.lower.kernels import tuning, x86_vnni
 from hwq.target import Target
 
 _OPAQUE = 8   # relax's kOpaque op pattern: FuseOps must not merge other ops into a scheduled kernel
@@ -32,6 +32,9 @@ class Kernel:
     out_channels: int
     input_offset: int
     out_shape: tuple         # (OH, OW, out_channels), batch excluded
+    pre: tvm.tirx.PrimFunc | None = None   # im2col: reads the raw input, pads and shifts it itself
+    tile: object = None
+    workload: str = ""
 
 
 def _round_up(v: int, m: int) -> int:
@@ -65,13 +68,26 @@ class VnniConv2d:
         else:
             return None
         cout, cin = w.shape[:2]
+        offset = 128 if in_info.dtype == "int8" else 0
+        # (x + 128) . w = x . w + 128 * sum(w): subtract the second term through the bias
+        bias = np.zeros(_round_up(cout, 16), np.int64)
+        bias[:cout] = node.bias.astype(np.int64) - offset * w.reshape(cout, -1).astype(np.int64).sum(1)
+        pre = None
+        if cin < 4 and kh * kw > 1:
+            # A tap of 1-3 channels would fill one 4-byte dot with zeros: gather the whole window
+            # as channels instead (im2col), and run a 1x1 conv on ceil(kh*kw*cin/4) dots per pixel.
+            _, h0, w0 = in_info.shape
+            pre = x86_vnni.schedule_im2col(te.create_prim_func(x86_vnni.im2col_compute(
+                tirx.Var("n", "int64"), h0, w0, cin, in_info.dtype, kh, kw, (sh, sw), (dh, dw), (ph, ph, pw, pw),
+                _round_up(kh * kw * cin, 4), offset))).with_attr("op_pattern", _OPAQUE)
+            ph = pw = 0
+            h = (h - dh * (kh - 1) - 1) // sh + 1
+            wd = (wd - dw * (kw - 1) - 1) // sw + 1
+            w = w.transpose(0, 2, 3, 1).reshape(cout, kh * kw * cin, 1, 1)   # (i, j, c) patch order
+            cin, kh, kw, sh, sw, dh, dw = kh * kw * cin, 1, 1, 1, 1, 1, 1
         cin_p, cout_p = _round_up(cin, 4), _round_up(cout, 16)
         wp = np.zeros((cout_p, cin_p, kh, kw), np.int8)
         wp[:cout, :cin] = w
-        offset = 128 if in_info.dtype == "int8" else 0
-        # (x + 128) . w = x . w + 128 * sum(w): subtract the second term through the bias
-        bias = np.zeros(cout_p, np.int64)
-        bias[:cout] = node.bias.astype(np.int64) - offset * w.reshape(cout, -1).astype(np.int64).sum(1)
         if np.abs(bias).max() >= 2 ** 31:
             return None
         rq = node.requant
@@ -82,13 +98,42 @@ class VnniConv2d:
             shift[:cout] = np.broadcast_to(rq.shift, (cout,))
         out_dtype = out_info.dtype
         qmin, qmax = (rq.qmin, rq.qmax) if rq is not None else (0, 0)
-        n = tirx.Var("n", "int64")
-        args = x86_vnni.conv_compute(n, h, wd, cin_p, cout_p, kh, kw, (sh, sw), (dh, dw), out_dtype, qmin, qmax)
-        oh, ow = (int(d) for d in args[-1].shape[1:3])
-        tile = x86_vnni.ConvTile(tw=_largest_divisor(ow, 8), ob=2 if cout_p % 32 == 0 else 1)
-        func = x86_vnni.schedule_conv(te.create_prim_func(args), tile).with_attr("op_pattern", _OPAQUE)
+        oh = (h - dh * (kh - 1) - 1) // sh + 1
+        ow = (wd - dw * (kw - 1) - 1) // sw + 1
+        key = tuning.conv_key(h, wd, cin_p, cout_p, kh, kw, (sh, sw), (dh, dw), out_dtype)
+        tile = self.tile_for(key, target, ow, cout_p)
+        func = self.build(h, wd, cin_p, cout_p, kh, kw, (sh, sw), (dh, dw), out_dtype, qmin, qmax, tile)
         params = (x86_vnni.pack_conv_weight(wp), bias.astype(np.int32), mult, shift)
-        return Kernel(self.name, func, params, (ph, ph, pw, pw), cin_p, cout_p, offset, (oh, ow, cout_p))
+        return Kernel(self.name, func, params, (ph, ph, pw, pw), cin_p, cout_p, offset, (oh, ow, cout_p),
+                      pre, tile, key)
+
+    @staticmethod
+    def build(h, wd, cin_p, cout_p, kh, kw, stride, dilation, out_dtype, qmin, qmax, tile):
+        """The scheduled PrimFunc of one workload and tile."""
+        n = tirx.Var("n", "int64")
+        args = x86_vnni.conv_compute(n, h, wd, cin_p, cout_p, kh, kw, stride, dilation, out_dtype, qmin, qmax)
+        return x86_vnni.schedule_conv(te.create_prim_func(args), tile).with_attr("op_pattern", _OPAQUE)
+
+    @staticmethod
+    def candidates(ow: int, cout_p: int) -> list:
+        """Tiles worth trying: pixel counts dividing the output width, 1-4 channel blocks, within
+        the 32 zmm registers (accumulators + weights + one broadcast)."""
+        out = []
+        for ob in (2, 1, 4):
+            if (cout_p // 16) % ob:
+                continue
+            for tw in sorted((d for d in range(1, min(ow, 14) + 1) if ow % d == 0), reverse=True):
+                if tw * ob + ob + 1 <= 32:
+                    out.append(x86_vnni.ConvTile(tw, ob))
+        return out
+
+    @staticmethod
+    def tile_for(key, target, ow, cout_p):
+        """The tuned tile of this workload on ``target``, else a heuristic one."""
+        tuned = tuning.load_configs(target.name).get(key)
+        if tuned is not None:
+            return x86_vnni.ConvTile(tuned["tw"], tuned["ob"])
+        return x86_vnni.ConvTile(tw=_largest_divisor(ow, 8), ob=2 if cout_p % 32 == 0 else 1)
 
 
 RULES = (VnniConv2d(),)

@@ -83,3 +83,37 @@ def schedule_conv(func: tvm.tirx.PrimFunc, tile: ConvTile) -> tvm.tirx.PrimFunc:
     ox = sch.get_loops(out)[-1]
     sch.vectorize(ox)
     return sch.mod["main"].with_attr("tir.is_scheduled", True)
+
+
+def im2col_compute(n, h, w, cin, in_dtype, kh, kw, stride, dilation, pad, k_padded, offset):
+    """Patches of a conv with few input channels, NHWC: P[b, y, x, (i, j, c)] as uint8.
+
+    Padding (spatial, and channels up to ``k_padded``) and the +128 shift of a signed input happen
+    here, in the same pass: out of bounds reads give ``offset``, the shifted real zero.
+    """
+    pt, pl = pad[0], pad[2]
+    oh = (h + pad[0] + pad[1] - dilation[0] * (kh - 1) - 1) // stride[0] + 1
+    ow = (w + pad[2] + pad[3] - dilation[1] * (kw - 1) - 1) // stride[1] + 1
+    X = te.placeholder((n, h, w, cin), in_dtype, name="X")
+    real = kh * kw * cin
+
+    def patch(b, y, x, k):
+        i, j, c = k // (kw * cin), (k // cin) % kw, k % cin
+        yy, xx = y * stride[0] + i * dilation[0] - pt, x * stride[1] + j * dilation[1] - pl
+        inside = tirx.all(k < real, yy >= 0, yy < h, xx >= 0, xx < w)
+        v = X[b, tirx.max(tirx.min(yy, h - 1), 0), tirx.max(tirx.min(xx, w - 1), 0), tirx.min(c, cin - 1)]
+        shifted = (v.astype("int16") + tirx.const(offset, "int16")).astype("uint8")
+        return tirx.Select(inside, shifted, tirx.const(offset, "uint8"))
+
+    P = te.compute((n, oh, ow, k_padded), patch, name="patches")
+    return [X, P]
+
+
+def schedule_im2col(func: tvm.tirx.PrimFunc) -> tvm.tirx.PrimFunc:
+    """Rows in parallel, one region per call; the short inner loops stay scalar."""
+    sch = tvm.s_tir.Schedule(func)
+    b, y, x, k = sch.get_loops(sch.get_sblock("patches"))
+    sch.reorder(y, b, x, k)
+    sch.parallel(y)
+    sch.unroll(k)
+    return sch.mod["main"].with_attr("tir.is_scheduled", True)
