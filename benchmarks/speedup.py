@@ -146,13 +146,7 @@ def _layer_rates(graph):
             continue
         lib = tvm.compile(tvm.IRModule({"main": k.func.with_attr("global_symbol", "main")}), to_tvm_target(target))
         b = 16
-        if node.op == "conv2d":
-            _, h, w = graph.tensors[node.input].shape
-            pt, pb, pl, pr = k.pad
-            xin = (h + pt + pb, w + pl + pr, k.in_channels)
-        else:
-            xin = (1, 1, k.in_channels)
-        x = rng.integers(0, 256, (b, *xin), dtype=np.uint8)
+        x = rng.integers(0, 256, (b, *k.in_shape), dtype=np.uint8)
         out = tvm.runtime.empty((b, *k.out_shape), graph.tensors[node.output].dtype)
         args = [tvm.runtime.tensor(x)] + [tvm.runtime.tensor(p) for p in k.params] + [out]
         ms = median_ms(lambda: lib["main"](*args), warmup=3, iters=30, min_seconds=0.3)

@@ -45,6 +45,28 @@ def _cmd_demo(args) -> int:
     return 0
 
 
+def _cmd_tune(args) -> int:
+    import torch
+
+    from hwq.lower.tune import tune_model
+    from hwq.models import ResCNN
+    from hwq.qat import quantize_ptq
+
+    zoo = {"rescnn": (ResCNN, (1, 28, 28))}
+    if args.model not in zoo:
+        from hwq.errors import ConfigError, choices
+        raise ConfigError(f"unknown model {args.model!r}; valid: {choices(zoo)}")
+    cls, shape = zoo[args.model]
+    torch.manual_seed(0)
+    # tiles depend on shapes only: an untrained model calibrated on random data has the same kernels
+    graph = quantize_ptq(cls().eval(), torch.rand(8, *shape))
+    changed = tune_model(graph, args.target, time_budget_s=args.time_budget, retune=args.retune)
+    for key, cfg in changed.items():
+        print(f"{key:56s} tile {cfg['tw']}x{16 * cfg['ob']:<3d} {cfg['ms_batch16']:.3f} ms (batch 16)")
+    print(f"{len(changed)} workload(s) tuned" if changed else "every workload was already tuned (--retune to redo)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="hwq", description="hardware-aware deployment compiler for integer accelerators")
     sub = p.add_subparsers(dest="command", required=True)
@@ -58,6 +80,12 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--data-dir", default=None, help="directory with the Fashion-MNIST idx .gz files")
     d.add_argument("--json", default=None, metavar="PATH", help="also write the results as JSON")
     d.set_defaults(func=_cmd_demo)
+    u = sub.add_parser("tune", help="search kernel tiles for a model on this machine; stored per target")
+    u.add_argument("model", nargs="?", default="rescnn", help="zoo model (default rescnn)")
+    u.add_argument("--target", default="x86-host")
+    u.add_argument("--time-budget", type=float, default=20.0, help="seconds per workload (default 20)")
+    u.add_argument("--retune", action="store_true", help="search again workloads already tuned")
+    u.set_defaults(func=_cmd_tune)
     return p
 
 

@@ -35,6 +35,9 @@ class Kernel:
     pre: tvm.tirx.PrimFunc | None = None   # im2col: reads the raw input, pads and shifts it itself
     tile: object = None
     workload: str = ""
+    in_shape: tuple = ()     # (H, W, C) the kernel reads, batch excluded
+    rebuild: object = None   # tile -> PrimFunc of the same workload (for tuning)
+    candidates: tuple = ()   # tiles a search may try
 
 
 def _round_up(v: int, m: int) -> int:
@@ -104,8 +107,9 @@ class VnniConv2d:
         tile = self.tile_for(key, target, ow, cout_p)
         func = self.build(h, wd, cin_p, cout_p, kh, kw, (sh, sw), (dh, dw), out_dtype, qmin, qmax, tile)
         params = (x86_vnni.pack_conv_weight(wp), bias.astype(np.int32), mult, shift)
+        rebuild = lambda t: self.build(h, wd, cin_p, cout_p, kh, kw, (sh, sw), (dh, dw), out_dtype, qmin, qmax, t)  # noqa: E731
         return Kernel(self.name, func, params, (ph, ph, pw, pw), cin_p, cout_p, offset, (oh, ow, cout_p),
-                      pre, tile, key)
+                      pre, tile, key, (h, wd, cin_p), rebuild, tuple(self.candidates(ow, cout_p)))
 
     @staticmethod
     def build(h, wd, cin_p, cout_p, kh, kw, stride, dilation, out_dtype, qmin, qmax, tile):

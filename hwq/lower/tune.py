@@ -1,0 +1,60 @@
+"""``tune_model``: search each hwq kernel's tile on this machine and store the winners per target."""
+
+from __future__ import annotations
+
+import numpy as np
+import tvm
+from tqdm import tqdm
+
+from hwq import qgraph as qg
+from hwq.errors import ConfigError
+from hwq.lower.compile import _runs_here
+from hwq.lower.kernels import select_kernel, tuning
+from hwq.lower.tvm_target import to_tvm_target
+from hwq.target import Target, load_target
+
+TUNE_BATCH = 16
+
+
+def tune_model(graph: qg.QGraph, target: Target | str = "x86-host", time_budget_s: float = 20.0,
+               retune: bool = False, progress: bool = True) -> dict:
+    """Tune every kernel workload of ``graph`` not yet tuned for ``target``; returns what changed.
+
+    Each workload's candidate tiles are compiled and timed at batch 16 on this machine, within
+    ``time_budget_s`` per workload; the fastest is written to ``hwq/lower/kernels/tuned/<target>.json``.
+    """
+    if isinstance(target, str):
+        target = load_target(target)
+    if not _runs_here(target):
+        raise ConfigError(f"tuning times kernels on the machine itself, and target {target.name!r} does not "
+                          f"run here; tune on the device (remote tuning is not implemented yet)")
+    tvm_target = to_tvm_target(target)
+    configs = dict(tuning.load_configs(target.name))
+    work = {}
+    for node in graph.nodes:
+        if node.op in ("conv2d", "dense"):
+            k = select_kernel(node, graph.tensors[node.input], graph.tensors[node.output], target)
+            if k is not None and k.rebuild is not None and (retune or k.workload not in configs):
+                work.setdefault(k.workload, (k, graph.tensors[node.output].dtype))
+    changed = {}
+    rng = np.random.default_rng(0)
+    for key, (k, out_dtype) in tqdm(work.items(), desc=f"tuning for {target.name}", disable=not progress):
+        in_shape = k.in_shape
+
+        def make_args():
+            x = rng.integers(0, 256, (TUNE_BATCH, *in_shape), dtype=np.uint8)
+            out = tvm.runtime.empty((TUNE_BATCH, *k.out_shape), out_dtype)
+            return [tvm.runtime.tensor(x)] + [tvm.runtime.tensor(p) for p in k.params] + [out]
+
+        def build(tile):
+            func = k.rebuild(tile).with_attr("global_symbol", "main")
+            return tvm.compile(tvm.IRModule({"main": func}), tvm_target)["main"]
+
+        tile, ms, trials = tuning.tune_workload(build, k.candidates, make_args, time_budget_s)
+        if tile is not None:
+            configs[key] = {"tw": tile.tw, "ob": tile.ob, "ms_batch16": round(ms, 4), "trials": len(trials)}
+            changed[key] = configs[key]
+    if changed:
+        tuning.save_configs(target.name, configs)
+    return changed
+
