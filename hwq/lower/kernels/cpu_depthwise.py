@@ -1,0 +1,64 @@
+"""Depthwise conv2d (groups == channels) on any CPU: NHWC, channel vectors, fused epilogue.
+
+A depthwise conv has no reduction over channels, so no dot-product instruction applies; it is a
+memory-bound stencil. Channels are the contiguous axis in NHWC, so 16 of them fill one int32
+vector: each tap is a widening load of input and weight, a multiply and an add, and a tile of
+``tw`` pixels x ``cb`` vectors of accumulators stays in registers across the kh x kw taps.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import tvm
+from tvm import te
+
+from hwq.lower.kernels.x86_vnni import _epilogue
+
+
+@dataclass(frozen=True)
+class DepthwiseTile:
+    """``tw`` output pixels x ``cb`` vectors of ``lanes`` channels."""
+
+    tw: int = 4
+    cb: int = 2
+    lanes: int = 16
+
+
+def depthwise_compute(n, hp, wp, c, in_dtype, kh, kw, stride, dilation, out_dtype, qmin, qmax):
+    """TE definition: padded NHWC input, weight [KH, KW, C] int8, per-channel epilogue -> NHWC."""
+    oh = (hp - dilation[0] * (kh - 1) - 1) // stride[0] + 1
+    ow = (wp - dilation[1] * (kw - 1) - 1) // stride[1] + 1
+    X = te.placeholder((n, hp, wp, c), in_dtype, name="X")
+    W = te.placeholder((kh, kw, c), "int8", name="W")
+    B = te.placeholder((c,), "int32", name="bias")
+    M = te.placeholder((c,), "int64", name="mult")
+    S = te.placeholder((c,), "int64", name="shift")
+    rh, rw = te.reduce_axis((0, kh), "rh"), te.reduce_axis((0, kw), "rw")
+    acc = te.compute(
+        (n, oh, ow, c),
+        lambda b, y, x, k: te.sum(X[b, y * stride[0] + rh * dilation[0], x * stride[1] + rw * dilation[1], k].astype("int32")
+                                  * W[rh, rw, k].astype("int32"), axis=[rh, rw]), name="acc")
+    out = te.compute((n, oh, ow, c), lambda b, y, x, k: _epilogue(acc[b, y, x, k], B[k], M[k], S[k], out_dtype, qmin, qmax),
+                     name="out")
+    return [X, W, B, M, S, out]
+
+
+def schedule_depthwise(func: tvm.tirx.PrimFunc, tile: DepthwiseTile) -> tvm.tirx.PrimFunc:
+    """Rows in parallel (one region per call), a register tile of pixels x channel vectors."""
+    sch = tvm.s_tir.Schedule(func)
+    acc, out = sch.get_sblock("acc"), sch.get_sblock("out")
+    b, y, x, k, rh, rw = sch.get_loops(acc)
+    xo, xi = sch.split(x, [None, tile.tw])
+    ko, km, ki = sch.split(k, [None, tile.cb, tile.lanes])
+    sch.reorder(y, b, xo, ko, rh, rw, xi, km, ki)
+    sch.reverse_compute_at(out, ko)
+    sch.parallel(y)
+    sch.unroll(xi)
+    sch.unroll(km)
+    sch.vectorize(ki)
+    sch.decompose_reduction(acc, rh)
+    ox = sch.get_loops(out)[-1]
+    _, ov = sch.split(ox, [None, tile.lanes])
+    sch.vectorize(ov)
+    return sch.mod["main"].with_attr("tir.is_scheduled", True)
