@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export TVM_NUM_THREADS ?= $(shell nproc)
 
-.PHONY: setup demo test test-fast clean
+.PHONY: setup demo test test-fast bench clean
 
 setup:
 	@bash scripts/setup.sh
@@ -17,6 +17,11 @@ test: setup
 
 test-fast: setup
 	$(PY) -m pytest -q -m "not slow"
+
+bench: setup
+	$(PY) -m pip install -q -e ".[bench]"
+	$(PY) benchmarks/speedup.py
+	$(PY) benchmarks/demo_e2e.py
 
 clean:
 	rm -rf hwq-out .pytest_cache

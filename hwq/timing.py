@@ -6,13 +6,19 @@ import statistics
 import time
 
 
-def median_ms(fn, warmup: int = 5, iters: int = 30, min_seconds: float = 0.5) -> float:
-    """Median wall time of ``fn()`` in milliseconds over at least ``iters`` calls and ``min_seconds``."""
+def median_ms(fn, warmup: int = 5, iters: int = 30, min_seconds: float = 0.5, max_seconds: float = 60.0) -> float:
+    """Median wall time of ``fn()`` in milliseconds over at least ``iters`` calls and ``min_seconds``
+    (a slow ``fn`` stops after ``max_seconds`` with at least 3 calls)."""
+    start = time.perf_counter()
     for _ in range(warmup):
         fn()
+        if time.perf_counter() - start > max_seconds / 4:
+            break
     times = []
     start = time.perf_counter()
     while len(times) < iters or time.perf_counter() - start < min_seconds:
+        if len(times) >= 3 and time.perf_counter() - start > max_seconds:
+            break
         t0 = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t0)
