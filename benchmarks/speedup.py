@@ -160,7 +160,7 @@ def _layer_rates(graph):
             continue
         lib = tvm.compile(tvm.IRModule({"main": k.func.with_attr("global_symbol", "main")}), to_tvm_target(target))
         b = 16
-        in_dtype = "uint8" if k.pre is not None or k.input_offset or k.name == "x86-avx512-vnni" else graph.tensors[node.input].dtype
+        in_dtype = k.in_dtype
         x = rng.integers(-128 if in_dtype == "int8" else 0, 128 if in_dtype == "int8" else 256, (b, *k.in_shape)).astype(in_dtype)
         out = tvm.runtime.empty((b, *k.out_shape), graph.tensors[node.output].dtype)
         args = [tvm.runtime.tensor(x)] + [tvm.runtime.tensor(p) for p in k.params] + [out]

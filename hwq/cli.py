@@ -50,19 +50,25 @@ def _cmd_tune(args) -> int:
 
     from hwq.lower.tune import tune_model
     from hwq.models import ResCNN
+    from hwq.models.mobilenet_v2 import MobileNetV2
     from hwq.qat import quantize_ptq
 
-    zoo = {"rescnn": (ResCNN, (1, 28, 28))}
+    zoo = {"rescnn": (ResCNN, (1, 28, 28)), "mobilenetv2": (MobileNetV2, (3, 224, 224))}
     if args.model not in zoo:
         from hwq.errors import ConfigError, choices
         raise ConfigError(f"unknown model {args.model!r}; valid: {choices(zoo)}")
     cls, shape = zoo[args.model]
     torch.manual_seed(0)
-    # tiles depend on shapes only: an untrained model calibrated on random data has the same kernels
-    graph = quantize_ptq(cls().eval(), torch.rand(8, *shape))
+    model = cls().eval()
+    if args.model == "mobilenetv2":   # 50 untrained layers deep, activations vanish and scales degenerate
+        from hwq.models.mobilenet_v2 import load_imagenet_weights
+        load_imagenet_weights(model)
+    # tiles depend on shapes only: a model calibrated on random data has the same kernels
+    graph = quantize_ptq(model, torch.rand(8, *shape))
     changed = tune_model(graph, args.target, time_budget_s=args.time_budget, retune=args.retune)
     for key, cfg in changed.items():
-        print(f"{key:56s} tile {cfg['tw']}x{16 * cfg['ob']:<3d} {cfg['ms_batch16']:.3f} ms (batch 16)")
+        tile = ", ".join(f"{k}={v}" for k, v in cfg.items() if k not in ("ms_batch16", "trials"))
+        print(f"{key:60s} {tile:12s} {cfg['ms_batch16']:.3f} ms (batch 16)")
     print(f"{len(changed)} workload(s) tuned" if changed else "every workload was already tuned (--retune to redo)")
     return 0
 

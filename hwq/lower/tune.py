@@ -42,7 +42,8 @@ def tune_model(graph: qg.QGraph, target: Target | str = "x86-host", time_budget_
         in_shape = k.in_shape
 
         def make_args():
-            x = rng.integers(0, 256, (TUNE_BATCH, *in_shape), dtype=np.uint8)
+            lo, hi = (-128, 128) if k.in_dtype == "int8" else (0, 256)
+            x = rng.integers(lo, hi, (TUNE_BATCH, *in_shape)).astype(k.in_dtype)
             out = tvm.runtime.empty((TUNE_BATCH, *k.out_shape), out_dtype)
             return [tvm.runtime.tensor(x)] + [tvm.runtime.tensor(p) for p in k.params] + [out]
 
@@ -52,7 +53,8 @@ def tune_model(graph: qg.QGraph, target: Target | str = "x86-host", time_budget_
 
         tile, ms, trials = tuning.tune_workload(build, k.candidates, make_args, time_budget_s)
         if tile is not None:
-            configs[key] = {"tw": tile.tw, "ob": tile.ob, "ms_batch16": round(ms, 4), "trials": len(trials)}
+            configs[key] = {**{f: v for f, v in vars(tile).items() if f != "lanes"},
+                            "ms_batch16": round(ms, 4), "trials": len(trials)}
             changed[key] = configs[key]
     if changed:
         tuning.save_configs(target.name, configs)

@@ -38,6 +38,7 @@ class Kernel:
     in_shape: tuple = ()     # (H, W, C) the kernel reads, batch excluded
     rebuild: object = None   # tile -> PrimFunc of the same workload (for tuning)
     candidates: tuple = ()   # tiles a search may try
+    in_dtype: str = "uint8"  # what the PrimFunc reads
 
 
 def _round_up(v: int, m: int) -> int:
@@ -159,14 +160,23 @@ class CpuDepthwise:
         mult = np.ones(c, np.int64) if rq is None else np.broadcast_to(rq.multiplier, (c,)).astype(np.int64)
         shift = np.ones(c, np.int64) if rq is None else np.broadcast_to(rq.shift, (c,)).astype(np.int64)
         qmin, qmax = (rq.qmin, rq.qmax) if rq is not None else (0, 0)
-        tile = cpu_depthwise.DepthwiseTile(tw=_largest_divisor(ow, 8), cb=2 if (c // 16) % 2 == 0 else 1)
-        args = cpu_depthwise.depthwise_compute(tirx.Var("n", "int64"), h, wd, c, in_info.dtype, kh, kw, (sh, sw),
-                                               (dh, dw), out_info.dtype, qmin, qmax)
-        func = cpu_depthwise.schedule_depthwise(te.create_prim_func(args), tile).with_attr("op_pattern", _OPAQUE)
+        key = f"depthwise_nhwc:{h}x{wd}x{c}:k{kh}x{kw}:s{sh}x{sw}:d{dh}x{dw}:{in_info.dtype}->{out_info.dtype}"
+        tuned = tuning.load_configs(target.name).get(key)
+        tile = (cpu_depthwise.DepthwiseTile(tuned["tw"], tuned["cb"]) if tuned is not None else
+                cpu_depthwise.DepthwiseTile(tw=_largest_divisor(ow, 8), cb=2 if (c // 16) % 2 == 0 else 1))
+
+        def build(t):
+            args = cpu_depthwise.depthwise_compute(tirx.Var("n", "int64"), h, wd, c, in_info.dtype, kh, kw, (sh, sw),
+                                                   (dh, dw), out_info.dtype, qmin, qmax)
+            return cpu_depthwise.schedule_depthwise(te.create_prim_func(args), t).with_attr("op_pattern", _OPAQUE)
+
         w = np.ascontiguousarray(node.weight[:, 0].transpose(1, 2, 0))        # [KH, KW, C]
         params = (w, node.bias.astype(np.int32), np.ascontiguousarray(mult), np.ascontiguousarray(shift))
-        key = f"depthwise_nhwc:{h}x{wd}x{c}:k{kh}x{kw}:s{sh}x{sw}:d{dh}x{dw}:{in_info.dtype}->{out_info.dtype}"
-        return Kernel(self.name, func, params, (ph, ph, pw, pw), c, c, 0, (oh, ow, c), None, tile, key, (h, wd, c))
+        candidates = tuple(cpu_depthwise.DepthwiseTile(tw, cb) for cb in (1, 2, 4) if (c // 16) % cb == 0
+                           for tw in sorted((d for d in range(1, min(ow, 14) + 1) if ow % d == 0), reverse=True)
+                           if tw * cb <= 24)
+        return Kernel(self.name, build(tile), params, (ph, ph, pw, pw), c, c, 0, (oh, ow, c), None, tile, key,
+                      (h, wd, c), build, candidates, in_info.dtype)
 
 
 RULES = (VnniConv2d(), CpuDepthwise())
