@@ -55,12 +55,13 @@ class _Emitter:
         if kernel.pre is not None:
             name = f"hwq_im2col_{len(self.kernels_used)}"
             gv = self.bb.add_func(kernel.pre.with_attr("global_symbol", name), name)
-            ty = relax.TensorType([self.batch, *kernel.out_shape[:2], kernel.in_channels], "uint8")
+            ty = relax.TensorType([self.batch, *kernel.out_shape[:2], kernel.in_channels], kernel.in_dtype)
             x = self.emit(relax.call_tir(gv, [x], ty))
         else:
             if kernel.input_offset:
+                # int8 <-> uint8 by +-128: exact in int16, and in range of the kernel's dtype after it
                 x16 = self.emit(relax.op.add(self.emit(relax.op.astype(x, "int16")), _const(kernel.input_offset, "int16")))
-                x = self.emit(relax.op.astype(x16, "uint8"))
+                x = self.emit(relax.op.astype(x16, kernel.in_dtype))
             pt, pb, pl, pr = kernel.pad
             extra_c = kernel.in_channels - in_channels
             if pt or pb or pl or pr or extra_c:

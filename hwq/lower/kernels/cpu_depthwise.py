@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import tvm
 from tvm import te
 
-from hwq.lower.kernels.x86_vnni import _epilogue
+from hwq.lower.kernels.dot_conv import epilogue
 
 
 @dataclass(frozen=True)
@@ -39,7 +39,7 @@ def depthwise_compute(n, hp, wp, c, in_dtype, kh, kw, stride, dilation, out_dtyp
         (n, oh, ow, c),
         lambda b, y, x, k: te.sum(X[b, y * stride[0] + rh * dilation[0], x * stride[1] + rw * dilation[1], k].astype("int32")
                                   * W[rh, rw, k].astype("int32"), axis=[rh, rw]), name="acc")
-    out = te.compute((n, oh, ow, c), lambda b, y, x, k: _epilogue(acc[b, y, x, k], B[k], M[k], S[k], out_dtype, qmin, qmax),
+    out = te.compute((n, oh, ow, c), lambda b, y, x, k: epilogue(acc[b, y, x, k], B[k], M[k], S[k], out_dtype, qmin, qmax),
                      name="out")
     return [X, W, B, M, S, out]
 

@@ -9,9 +9,10 @@ import tvm
 from tvm import te, tirx
 
 from hwq import qgraph as qg
-from hwq.lower.kernels import cpu_depthwise, tuning, x86_vnni
+from hwq.lower.kernels import arm_dotprod, cpu_depthwise, dot_conv, tuning, x86_vnni
 from hwq.target import Target
 
+_NHWC_FEATURES = (x86_vnni.FEATURE, arm_dotprod.FEATURE)   # targets where the dot-product kernels apply
 _OPAQUE = 8   # relax's kOpaque op pattern: FuseOps must not merge other ops into a scheduled kernel
 
 
@@ -19,9 +20,11 @@ _OPAQUE = 8   # relax's kOpaque op pattern: FuseOps must not merge other ops int
 class Kernel:
     """A scheduled PrimFunc plus what the graph must do around it.
 
-    The kernel reads NHWC uint8 data already padded by ``pad`` (top, bottom, left, right) and with
-    ``in_channels`` channels (zero channels appended), after ``input_offset`` was added (128 for a
-    signed input); it writes NHWC with ``out_channels`` channels (the node's, rounded up).
+    The kernel reads NHWC ``in_dtype`` data already padded by ``pad`` (top, bottom, left, right)
+    and with ``in_channels`` channels (zero channels appended), after ``input_offset`` was added
+    to take the graph's tensor into ``in_dtype`` (+128 int8 -> uint8 for VNNI, -128 uint8 -> int8
+    for sdot, 0 when the dtypes agree); padding holds ``input_offset``, the shifted real zero.
+    It writes NHWC with ``out_channels`` channels (the node's, rounded up).
     """
 
     name: str
@@ -38,7 +41,7 @@ class Kernel:
     in_shape: tuple = ()     # (H, W, C) the kernel reads, batch excluded
     rebuild: object = None   # tile -> PrimFunc of the same workload (for tuning)
     candidates: tuple = ()   # tiles a search may try
-    in_dtype: str = "uint8"  # what the PrimFunc reads
+    in_dtype: str = "uint8"  # what the PrimFunc reads (and ``pre`` writes)
 
 
 def _round_up(v: int, m: int) -> int:
@@ -49,13 +52,23 @@ def _largest_divisor(n: int, limit: int) -> int:
     return max(d for d in range(1, min(n, limit) + 1) if n % d == 0)
 
 
-class VnniConv2d:
-    """conv2d (groups == 1) and dense on AVX-512 VNNI (``vpdpbusd``), NHWC, fused epilogue."""
+_SHIFT_INTO = {"uint8": 128, "int8": -128}   # kernel dtype -> offset taking the other 8-bit dtype into it
 
-    name = "x86-avx512-vnni"
+
+class DotConv2d:
+    """conv2d (groups == 1) and dense on a 4-byte dot-product instruction, NHWC, fused epilogue.
+
+    ``isa`` is the module that describes the instruction (``x86_vnni``, ``arm_dotprod``): the
+    target feature it needs, its output-channel block, the dtype it reads activations in, its
+    compute / schedule / weight packing and its register tiles.
+    """
+
+    def __init__(self, name: str, isa):
+        self.name, self.isa = name, isa
 
     def apply(self, node, in_info: qg.TensorInfo, out_info: qg.TensorInfo, target: Target) -> Kernel | None:
-        if target.kind != "cpu" or not target.has_feature("avx512vnni"):
+        isa = self.isa
+        if target.kind != "cpu" or not target.has_feature(isa.FEATURE) or in_info.dtype not in _SHIFT_INTO:
             return None
         if node.op == "conv2d":
             if node.groups != 1:
@@ -72,24 +85,24 @@ class VnniConv2d:
         else:
             return None
         cout, cin = w.shape[:2]
-        offset = 128 if in_info.dtype == "int8" else 0
-        # (x + 128) . w = x . w + 128 * sum(w): subtract the second term through the bias
-        bias = np.zeros(_round_up(cout, 16), np.int64)
+        offset = 0 if in_info.dtype == isa.IN_DTYPE else _SHIFT_INTO[isa.IN_DTYPE]
+        # (x + offset) . w = x . w + offset * sum(w): subtract the second term through the bias
+        bias = np.zeros(_round_up(cout, isa.BLOCK), np.int64)
         bias[:cout] = node.bias.astype(np.int64) - offset * w.reshape(cout, -1).astype(np.int64).sum(1)
         pre = None
         if cin < 4 and kh * kw > 1:
             # A tap of 1-3 channels would fill one 4-byte dot with zeros: gather the whole window
             # as channels instead (im2col), and run a 1x1 conv on ceil(kh*kw*cin/4) dots per pixel.
             _, h0, w0 = in_info.shape
-            pre = x86_vnni.schedule_im2col(te.create_prim_func(x86_vnni.im2col_compute(
+            pre = dot_conv.schedule_im2col(te.create_prim_func(dot_conv.im2col_compute(
                 tirx.Var("n", "int64"), h0, w0, cin, in_info.dtype, kh, kw, (sh, sw), (dh, dw), (ph, ph, pw, pw),
-                _round_up(kh * kw * cin, 4), offset))).with_attr("op_pattern", _OPAQUE)
+                _round_up(kh * kw * cin, 4), offset, isa.IN_DTYPE))).with_attr("op_pattern", _OPAQUE)
             ph = pw = 0
             h = (h - dh * (kh - 1) - 1) // sh + 1
             wd = (wd - dw * (kw - 1) - 1) // sw + 1
             w = w.transpose(0, 2, 3, 1).reshape(cout, kh * kw * cin, 1, 1)   # (i, j, c) patch order
             cin, kh, kw, sh, sw, dh, dw = kh * kw * cin, 1, 1, 1, 1, 1, 1
-        cin_p, cout_p = _round_up(cin, 4), _round_up(cout, 16)
+        cin_p, cout_p = _round_up(cin, 4), _round_up(cout, isa.BLOCK)
         wp = np.zeros((cout_p, cin_p, kh, kw), np.int8)
         wp[:cout, :cin] = w
         if np.abs(bias).max() >= 2 ** 31:
@@ -106,39 +119,22 @@ class VnniConv2d:
         ow = (wd - dw * (kw - 1) - 1) // sw + 1
         key = tuning.conv_key(h, wd, cin_p, cout_p, kh, kw, (sh, sw), (dh, dw), out_dtype)
         tile = self.tile_for(key, target, ow, cout_p)
-        func = self.build(h, wd, cin_p, cout_p, kh, kw, (sh, sw), (dh, dw), out_dtype, qmin, qmax, tile)
-        params = (x86_vnni.pack_conv_weight(wp), bias.astype(np.int32), mult, shift)
-        rebuild = lambda t: self.build(h, wd, cin_p, cout_p, kh, kw, (sh, sw), (dh, dw), out_dtype, qmin, qmax, t)  # noqa: E731
-        return Kernel(self.name, func, params, (ph, ph, pw, pw), cin_p, cout_p, offset, (oh, ow, cout_p),
-                      pre, tile, key, (h, wd, cin_p), rebuild, tuple(self.candidates(ow, cout_p)))
 
-    @staticmethod
-    def build(h, wd, cin_p, cout_p, kh, kw, stride, dilation, out_dtype, qmin, qmax, tile):
-        """The scheduled PrimFunc of one workload and tile."""
-        n = tirx.Var("n", "int64")
-        args = x86_vnni.conv_compute(n, h, wd, cin_p, cout_p, kh, kw, stride, dilation, out_dtype, qmin, qmax)
-        return x86_vnni.schedule_conv(te.create_prim_func(args), tile).with_attr("op_pattern", _OPAQUE)
+        def build(t):
+            args = isa.conv_compute(tirx.Var("n", "int64"), h, wd, cin_p, cout_p, kh, kw, (sh, sw), (dh, dw),
+                                    out_dtype, qmin, qmax)
+            return isa.schedule_conv(te.create_prim_func(args), t).with_attr("op_pattern", _OPAQUE)
 
-    @staticmethod
-    def candidates(ow: int, cout_p: int) -> list:
-        """Tiles worth trying: pixel counts dividing the output width, 1-4 channel blocks, within
-        the 32 zmm registers (accumulators + weights + one broadcast)."""
-        out = []
-        for ob in (2, 1, 4):
-            if (cout_p // 16) % ob:
-                continue
-            for tw in sorted((d for d in range(1, min(ow, 14) + 1) if ow % d == 0), reverse=True):
-                if tw * ob + ob + 1 <= 32:
-                    out.append(x86_vnni.ConvTile(tw, ob))
-        return out
+        params = (isa.pack_conv_weight(wp), bias.astype(np.int32), mult, shift)
+        return Kernel(self.name, build(tile), params, (ph, ph, pw, pw), cin_p, cout_p, offset, (oh, ow, cout_p),
+                      pre, tile, key, (h, wd, cin_p), build, tuple(isa.candidates(ow, cout_p)), isa.IN_DTYPE)
 
-    @staticmethod
-    def tile_for(key, target, ow, cout_p):
-        """The tuned tile of this workload on ``target``, else a heuristic one."""
+    def tile_for(self, key, target, ow, cout_p):
+        """The tuned tile of this workload on ``target``, else the ISA's heuristic one."""
         tuned = tuning.load_configs(target.name).get(key)
         if tuned is not None:
-            return x86_vnni.ConvTile(tuned["tw"], tuned["ob"])
-        return x86_vnni.ConvTile(tw=_largest_divisor(ow, 8), ob=2 if cout_p % 32 == 0 else 1)
+            return self.isa.ConvTile(tuned["tw"], tuned["ob"])
+        return self.isa.default_tile(ow, cout_p)
 
 
 class CpuDepthwise:
@@ -179,7 +175,7 @@ class CpuDepthwise:
                       (h, wd, c), build, candidates, in_info.dtype)
 
 
-RULES = (VnniConv2d(), CpuDepthwise())
+RULES = (DotConv2d("x86-avx512-vnni", x86_vnni), DotConv2d("arm-dotprod", arm_dotprod), CpuDepthwise())
 
 
 def select_kernel(node, in_info, out_info, target: Target | None, rules=RULES) -> Kernel | None:
@@ -195,6 +191,6 @@ def select_kernel(node, in_info, out_info, target: Target | None, rules=RULES) -
 
 def layout_for(target: Target | None) -> str:
     """Activation layout of the whole graph: NHWC where hwq has kernels for the target, else NCHW."""
-    if target is not None and target.kind == "cpu" and target.has_feature("avx512vnni"):
+    if target is not None and target.kind == "cpu" and any(target.has_feature(f) for f in _NHWC_FEATURES):
         return "NHWC"
     return "NCHW"

@@ -1,0 +1,123 @@
+"""NHWC integer conv2d / dense around a 4-byte dot-product instruction, for any CPU that has one.
+
+x86 ``vpdpbusd`` and Arm ``sdot`` compute the same thing: ``C[block] += A[4] . B[block, 4]``, the
+4 input-channel bytes of one pixel (broadcast) times a ``block x 4`` tile of weights, into
+``block`` int32 lanes. So one TE definition and one schedule serve both; an ISA module
+(``x86_vnni``, ``arm_dotprod``) names its intrinsic, its block (16 or 4 output channels), the
+dtype it reads activations in, and the register tiles that fit its register file.
+
+Weights are packed as ``[O/block, KH, KW, I/4, block, 4]`` so that the ``block x 4`` tile one
+instruction multiplies is one contiguous vector load. A tile of ``tw`` output pixels x
+``ob * block`` output channels stays in registers across the whole reduction; the epilogue (bias,
+fixed-point requantization, clamp, cast) runs on that tile right after it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import tvm
+from tvm import te, tirx
+
+
+@dataclass(frozen=True)
+class ConvTile:
+    """Register tile of the conv kernel: ``tw`` output pixels x ``ob`` blocks of output channels."""
+
+    tw: int = 4
+    ob: int = 2
+
+
+def pack_conv_weight(w: np.ndarray, block: int) -> np.ndarray:
+    """int8 OIHW (O % block == 0, I % 4 == 0) -> [O/block, KH, KW, I/4, block, 4]."""
+    o, i, kh, kw = w.shape
+    return np.ascontiguousarray(w.reshape(o // block, block, i // 4, 4, kh, kw).transpose(0, 4, 5, 2, 1, 3))
+
+
+def conv_compute(n, hp, wp, cin, cout, kh, kw, stride, dilation, out_dtype, qmin, qmax, in_dtype, block):
+    """TE definition: padded NHWC input, packed weight, per-channel bias/multiplier/shift -> NHWC."""
+    oh = (hp - dilation[0] * (kh - 1) - 1) // stride[0] + 1
+    ow = (wp - dilation[1] * (kw - 1) - 1) // stride[1] + 1
+    X = te.placeholder((n, hp, wp, cin), in_dtype, name="X")
+    W = te.placeholder((cout // block, kh, kw, cin // 4, block, 4), "int8", name="W")
+    B = te.placeholder((cout,), "int32", name="bias")
+    M = te.placeholder((cout,), "int64", name="mult")
+    S = te.placeholder((cout,), "int64", name="shift")
+    rh, rw, rc = te.reduce_axis((0, kh), "rh"), te.reduce_axis((0, kw), "rw"), te.reduce_axis((0, cin), "rc")
+    acc = te.compute(
+        (n, oh, ow, cout),
+        lambda b, y, x, o: te.sum(
+            X[b, y * stride[0] + rh * dilation[0], x * stride[1] + rw * dilation[1], rc].astype("int32")
+            * W[o // block, rh, rw, rc // 4, o % block, rc % 4].astype("int32"), axis=[rh, rw, rc]),
+        name="acc")
+    out = te.compute((n, oh, ow, cout), lambda b, y, x, o: epilogue(acc[b, y, x, o], B[o], M[o], S[o], out_dtype, qmin, qmax),
+                     name="out")
+    return [X, W, B, M, S, out]
+
+
+def epilogue(acc, bias, mult, shift, out_dtype, qmin, qmax):
+    """``acc + bias``, then (unless the output is the int32 accumulator) ``hwq.fixed_point``'s
+    requantization: int64 product, add ``2^(shift-1)``, arithmetic shift right, clamp, cast."""
+    if out_dtype == "int32":
+        return acc + bias
+    v = (acc + bias).astype("int64") * mult + (tirx.const(1, "int64") << (shift - tirx.const(1, "int64")))
+    v = tirx.max(tirx.min(v >> shift, tirx.const(qmax, "int64")), tirx.const(qmin, "int64"))
+    return v.astype(out_dtype)
+
+
+def schedule_conv(func: tvm.tirx.PrimFunc, tile: ConvTile, block: int, intrin: str) -> tvm.tirx.PrimFunc:
+    """Tile, parallelize over rows, tensorize the ``block x 4`` dot with ``intrin``, fuse the epilogue."""
+    sch = tvm.s_tir.Schedule(func)
+    acc, out = sch.get_sblock("acc"), sch.get_sblock("out")
+    b, y, x, o, rh, rw, rc = sch.get_loops(acc)
+    xo, xi = sch.split(x, [None, tile.tw])
+    oo, om, oi = sch.split(o, [None, tile.ob, block])
+    co, ci = sch.split(rc, [None, 4])
+    # rows outermost: one parallel region per call whatever the batch (a region per image costs
+    # a thread-pool wake-up each)
+    sch.reorder(y, b, xo, oo, rh, rw, co, xi, om, oi, ci)
+    sch.reverse_compute_at(out, oo)
+    sch.parallel(y)
+    sch.decompose_reduction(acc, rh)
+    sch.tensorize(oi, intrin)
+    sch.unroll(xi)
+    sch.unroll(om)
+    ox = sch.get_loops(out)[-1]
+    sch.vectorize(ox)
+    return sch.mod["main"].with_attr("tir.is_scheduled", True)
+
+
+def im2col_compute(n, h, w, cin, in_dtype, kh, kw, stride, dilation, pad, k_padded, offset, out_dtype):
+    """Patches of a conv with few input channels, NHWC: ``P[b, y, x, (i, j, c)]`` in ``out_dtype``.
+
+    Padding (spatial, and channels up to ``k_padded``) and the offset that takes the input into
+    the kernel's dtype (+128 int8 -> uint8, -128 uint8 -> int8) happen here, in the same pass:
+    out of bounds reads give ``offset``, the shifted real zero.
+    """
+    pt, pl = pad[0], pad[2]
+    oh = (h + pad[0] + pad[1] - dilation[0] * (kh - 1) - 1) // stride[0] + 1
+    ow = (w + pad[2] + pad[3] - dilation[1] * (kw - 1) - 1) // stride[1] + 1
+    X = te.placeholder((n, h, w, cin), in_dtype, name="X")
+    real = kh * kw * cin
+
+    def patch(b, y, x, k):
+        i, j, c = k // (kw * cin), (k // cin) % kw, k % cin
+        yy, xx = y * stride[0] + i * dilation[0] - pt, x * stride[1] + j * dilation[1] - pl
+        inside = tirx.all(k < real, yy >= 0, yy < h, xx >= 0, xx < w)
+        v = X[b, tirx.max(tirx.min(yy, h - 1), 0), tirx.max(tirx.min(xx, w - 1), 0), tirx.min(c, cin - 1)]
+        shifted = (v.astype("int16") + tirx.const(offset, "int16")).astype(out_dtype)
+        return tirx.Select(inside, shifted, tirx.const(offset, out_dtype))
+
+    P = te.compute((n, oh, ow, k_padded), patch, name="patches")
+    return [X, P]
+
+
+def schedule_im2col(func: tvm.tirx.PrimFunc) -> tvm.tirx.PrimFunc:
+    """Rows in parallel, one region per call; the short inner loops stay scalar."""
+    sch = tvm.s_tir.Schedule(func)
+    b, y, x, k = sch.get_loops(sch.get_sblock("patches"))
+    sch.reorder(y, b, x, k)
+    sch.parallel(y)
+    sch.unroll(k)
+    return sch.mod["main"].with_attr("tir.is_scheduled", True)

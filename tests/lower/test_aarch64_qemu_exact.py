@@ -1,0 +1,101 @@
+"""Raspberry Pi builds, cross-compiled and run under qemu-user, equal the integer reference bit for bit.
+
+The Pi 5 build (cortex-a76 + dotprod) runs hwq's ``sdot`` kernels, the Pi 4B build (cortex-a72)
+the generic lowering; qemu emulates each board's own CPU, so an instruction the core lacks would
+fault rather than pass. Needs ``qemu-aarch64``, the aarch64 cross linker and an aarch64 user space
+(CPython and TVM's aarch64 wheel) that ``scripts/aarch64_sysroot.sh`` builds once into
+``~/.cache/hwq/aarch64`` (network access the first time); skipped, saying why, without them.
+"""
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import calibrated_graph, zoo_models
+from hwq.lower import compile_model
+from hwq.qat import run_reference
+from hwq.qat.reference import quantize_input
+from hwq.target import load_target
+
+pytestmark = pytest.mark.slow
+
+REPO = Path(__file__).resolve().parents[2]
+TARGETS = ("raspberry-pi-5", "raspberry-pi-4b")
+MODELS = zoo_models()
+BATCHES = (1, 5)
+
+
+@pytest.fixture(scope="module")
+def aarch64_userland():
+    """(qemu binary, cache directory with ``root/`` and ``site/``), or skip."""
+    qemu = shutil.which("qemu-aarch64-static") or shutil.which("qemu-aarch64")
+    if qemu is None:
+        pytest.skip("qemu-aarch64 not found (Debian package qemu-user or qemu-user-static)")
+    if shutil.which("aarch64-linux-gnu-g++") is None:
+        pytest.skip("aarch64-linux-gnu-g++ not found (Debian package g++-aarch64-linux-gnu)")
+    try:
+        proc = subprocess.run(["bash", str(REPO / "scripts" / "aarch64_sysroot.sh")], capture_output=True,
+                              text=True, timeout=1800)
+    except subprocess.TimeoutExpired:
+        pytest.skip("scripts/aarch64_sysroot.sh took over 30 minutes (slow or no network?)")
+    if proc.returncode != 0:
+        tail = " | ".join(proc.stderr.strip().splitlines()[-3:])
+        pytest.skip(f"the aarch64 user space could not be built (scripts/aarch64_sysroot.sh exited "
+                    f"{proc.returncode}; no network or no apt-get?): {tail}")
+    return qemu, Path(proc.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def runs(aarch64_userland, tmp_path_factory):
+    """Build every model for every target, run all of a target's in one qemu process.
+
+    Returns ``{target: (stderr of the run, {(model, batch): (output path, reference, dtype)})}``.
+    """
+    qemu, cache = aarch64_userland
+    work = tmp_path_factory.mktemp("aarch64")
+    graphs = {name: calibrated_graph(model, shape, signed)[0] for name, (model, shape, signed) in MODELS.items()}
+    env = {"PATH": os.environ.get("PATH", ""), "HOME": os.environ.get("HOME", "/"), "PYTHONNOUSERSITE": "1",
+           "PYTHONPATH": str(cache / "site"), "TVM_USE_RUNTIME_LIB": "1", "TVM_NUM_THREADS": "2"}
+    out = {}
+    for target in TARGETS:
+        jobs, expected = [], {}
+        for name, graph in graphs.items():
+            _, shape, signed = MODELS[name]
+            art = compile_model(graph, target).save(work / target / name)
+            for batch in BATCHES:
+                g = torch.Generator().manual_seed(1000 + batch)
+                # beyond the calibrated range too, so the clamps are exercised
+                x = (torch.randn(batch, *shape, generator=g) * 1.5 if signed
+                     else torch.rand(batch, *shape, generator=g) * 1.2)
+                xi = quantize_input(graph, x)
+                stem = work / target / f"{name}-b{batch}"
+                np.save(f"{stem}.in.npy", xi.numpy().astype(graph.input.dtype))
+                jobs.append({"artifact": str(art), "input": f"{stem}.in.npy", "output": f"{stem}.out.npy"})
+                expected[(name, batch)] = (Path(f"{stem}.out.npy"), run_reference(graph, xi).numpy(),
+                                          graph.output_info.dtype)
+        (work / f"{target}.jobs.json").write_text(json.dumps(jobs))
+        cpu = load_target(target).tvm["mcpu"]   # emulate the board's core, not qemu's superset "max"
+        proc = subprocess.run([qemu, "-cpu", cpu, "-L", str(cache / "root"), str(cache / "root/usr/bin/python3.11"),
+                               str(REPO / "scripts" / "aarch64_run_int.py"), str(work / f"{target}.jobs.json")],
+                              env=env, capture_output=True, text=True, timeout=900)
+        out[target] = (proc.stderr, expected)
+    return out
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+@pytest.mark.parametrize("target", TARGETS)
+def test_bit_exact_under_qemu(runs, target, name):
+    stderr, expected = runs[target]
+    for batch in BATCHES:
+        path, ref, dtype = expected[(name, batch)]
+        assert path.is_file(), f"{target}/{name} batch {batch} did not run under qemu:\n{stderr[-3000:]}"
+        y = np.load(path)
+        assert y.shape == ref.shape and y.dtype == np.dtype(dtype), (y.shape, y.dtype, ref.shape, dtype)
+        assert np.array_equal(y.astype(np.int64), ref), \
+            f"{target}/{name} batch {batch}: {int((y != ref).sum())} of {ref.size} values differ"

@@ -1,0 +1,40 @@
+"""The dot-product kernels reach the machine code: ``vpdpbusd`` on x86 VNNI, ``sdot`` on the Pi 5.
+
+Cross builds are inspected, not run (``test_aarch64_qemu_exact.py`` runs them under qemu).
+"""
+
+import re
+
+import pytest
+
+from conftest import calibrated_graph, zoo_models
+from hwq.lower import compile_model
+
+
+def _asm(compiled) -> str:
+    """The assembly of every LLVM module of the executable (the kernels live in an imported one)."""
+    mod = compiled.executable.mod
+    return "".join(m.inspect_source("asm") or "" for m in [mod, *mod.imports] if m.kind == "llvm")
+
+
+def _count(asm: str, instruction: str) -> int:
+    return len(re.findall(rf"^\s*{instruction}\b", asm, flags=re.MULTILINE))
+
+
+@pytest.fixture(scope="module")
+def graph():
+    model, shape, signed = zoo_models()["rescnn"]   # im2col stem, 3x3 convs, strided conv, dense
+    return calibrated_graph(model, shape, signed, n=16)[0]
+
+
+@pytest.mark.parametrize("target, present, absent", [
+    ("x86-host", "vpdpbusd", "sdot"),
+    ("raspberry-pi-5", "sdot", "vpdpbusd"),
+    ("raspberry-pi-4b", None, "sdot"),            # no dotprod: the generic NCHW lowering
+])
+def test_dot_product_instruction_in_asm(graph, target, present, absent):
+    asm = _asm(compile_model(graph, target))
+    if present is not None:
+        # one kernel per conv / dense, each unrolled: many instances, not a stray one
+        assert _count(asm, present) >= 5 * sum(n.op in ("conv2d", "dense") for n in graph.nodes), target
+    assert _count(asm, absent) == 0, target
