@@ -183,7 +183,7 @@ def load_target(name_or_path: str | os.PathLike) -> Target:
 
     Example::
 
-        >>> load_target("x86-host").peak_ops_per_s("int8")
+        >>> load_target("x86-cascadelake").peak_ops_per_s("int8")
         1280000000000.0
 
     Raises:

@@ -12,10 +12,11 @@ from hwq.errors import TargetError
 from hwq.target import DTYPES, FEATURES, KINDS, Target, list_targets, load_target
 
 TARGETS_DIR = Path(__file__).resolve().parent.parent / "targets"
-NAMES = ["nvidia-h100", "nvidia-jetson-orin-nano", "nvidia-t4", "raspberry-pi-4b", "raspberry-pi-5", "x86-host"]
+NAMES = ["nvidia-h100", "nvidia-jetson-orin-nano", "nvidia-t4", "raspberry-pi-4b", "raspberry-pi-5",
+         "x86-cascadelake", "x86-host"]
 
 
-def test_list_targets_returns_the_six_sorted():
+def test_list_targets_returns_the_seven_sorted():
     assert [t.name for t in list_targets()] == NAMES
 
 
@@ -32,9 +33,21 @@ def test_fields_are_sane(name):
 
 
 def test_x86_host_int8_peak_is_vnni_rate():
-    t = load_target("x86-host")
-    assert t.peak_ops_per_s("int8") == pytest.approx(1.28e12)  # 2 cores x 2.5 GHz x 256 ops
+    t = load_target("x86-host")  # AMD EPYC Zen 4: 1 vpdpbusd zmm (64 MACs) per cycle per core
+    c = t.compute
+    assert t.peak_ops_per_s("int8") == pytest.approx(c.units * c.clock_ghz * 1e9 * c.peak_ops_per_cycle["int8"])
+    assert c.peak_ops_per_cycle["int8"] == 128 and c.units == 2
     assert t.tvm["mcpu"] == "host" and not t.is_cross and t.has_feature("avx512vnni")
+
+
+def test_x86_cascadelake_is_a_fixed_description():
+    t = load_target("x86-cascadelake")
+    assert t.peak_ops_per_s("int8") == pytest.approx(1.28e12)  # 2 cores x 2.5 GHz x 256 ops
+    assert t.tvm["mcpu"] == "cascadelake" and t.tvm["mtriple"] == "x86_64-linux-gnu"
+    assert not t.is_cross and t.has_feature("avx512vnni")
+    # Cascade Lake has two 512-bit vpdpbusd ports, Zen 4 one zmm per cycle: twice the int8 ops per cycle
+    host = load_target("x86-host")
+    assert t.compute.peak_ops_per_cycle["int8"] == 2 * host.compute.peak_ops_per_cycle["int8"]
 
 
 def test_board_capabilities():
