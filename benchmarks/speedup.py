@@ -185,8 +185,10 @@ def run_engine(engine, model_name, out_path):
         run, extra = _build(engine, model, calib, wd)
         with torch.no_grad():
             ref = model(xs).numpy().argmax(1)
-        step = 100 if engine != "tvm-fp32" else 16     # the untuned float build is slow at large batches
-        preds = np.concatenate([run(xs[i:i + step]).argmax(1) for i in range(0, len(xs), step)])
+        if engine == "tvm-fp32":   # TVM's untuned float build is slow: agreement on fewer images
+            xs, ref = xs[:64], ref[:64]
+            labels = None if labels is None else labels[:64]
+        preds = np.concatenate([run(xs[i:i + 16]).argmax(1) for i in range(0, len(xs), 16)])
         lat = {str(b): median_ms(lambda: run(xs[:b]), warmup=10, iters=50, min_seconds=1.0, max_seconds=20.0)
                for b in BATCHES}
     res = {"engine": engine, "model": model_name, "latency_ms": lat,
