@@ -73,6 +73,23 @@ def _cmd_tune(args) -> int:
     return 0
 
 
+def _cmd_train(args) -> int:
+    from hwq.qat import QATConfig
+    from hwq.qat_job import TrainJobConfig, run_train
+
+    period = args.dual_period if args.dual_period == "epoch" else int(args.dual_period)
+    qat = QATConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, dual_lr=args.dual_lr, eps=args.eps,
+                    eps_output=args.eps_output, gradient_mode=args.gradient, dual_period=period, seed=args.seed)
+    config = TrainJobConfig(qat=qat, weight_bits=args.weight_bits, act_bits=args.act_bits, plan=args.plan,
+                            range_mode=args.ranges, train_subset=args.train_subset, test_subset=args.test_subset,
+                            width=args.width,
+                            float_epochs=args.float_epochs, float_subset=args.float_subset, out_dir=args.out, resume=args.resume,
+                            artifact=args.artifact, target=args.target, data_dir=args.data_dir,
+                            progress=not args.no_progress)
+    run_train(config)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="hwq", description="hardware-aware deployment compiler for integer accelerators")
     sub = p.add_subparsers(dest="command", required=True)
@@ -92,6 +109,36 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("--time-budget", type=float, default=20.0, help="seconds per workload (default 20)")
     u.add_argument("--retune", action="store_true", help="search again workloads already tuned")
     u.set_defaults(func=_cmd_tune)
+    r = sub.add_parser("train", help="constrained QAT of the Fashion-MNIST CNN: per-layer sensitivities, integer program",
+                       description="Quantization-aware training under per-layer error constraints (primal-dual); "
+                                   "runs under torchrun (gloo) too. Writes OUT/checkpoint.pt, OUT/sensitivity.json, "
+                                   "OUT/summary.json (and OUT/artifact-TARGET with --artifact).")
+    r.add_argument("--weight-bits", type=int, default=4, help="weight bits of every layer (default 4)")
+    r.add_argument("--act-bits", type=int, default=4, help="activation bits (default 4)")
+    r.add_argument("--plan", default=None, metavar="JSON", help="a BitPlan JSON file (overrides the two above)")
+    r.add_argument("--epochs", type=int, default=1, help="QAT epochs over the training subset (default 1)")
+    r.add_argument("--train-subset", type=int, default=10000, help="QAT on this many training images (0 = all)")
+    r.add_argument("--test-subset", type=int, default=0, help="evaluate on this many test images (0 = all 10000)")
+    r.add_argument("--batch-size", type=int, default=128)
+    r.add_argument("--lr", type=float, default=1e-3, help="primal learning rate (Adam, cosine decay)")
+    r.add_argument("--dual-lr", type=float, default=10.0, help="dual learning rate; 0 = unconstrained QAT")
+    r.add_argument("--eps", type=float, default=0.02, help="per-layer bound on the relative output MSE")
+    r.add_argument("--eps-output", type=float, default=None, help="bound on CE(softmax(out_fp), out_q); off by default")
+    r.add_argument("--gradient", default="ste", choices=["fp", "ste"],
+                   help="'ste' (default): straight-through; 'fp': the paper's float-path gradients")
+    r.add_argument("--dual-period", default="5", help="steps between dual updates, or 'epoch' (default 5)")
+    r.add_argument("--ranges", default="learned", choices=["calibrated", "learned"], help="quantizer scales (default learned)")
+    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--width", type=int, default=32, help="ResCNN stem width (default 32, the demo's model)")
+    r.add_argument("--float-epochs", type=int, default=3, help="epochs of the cached float model (default 3, the demo's)")
+    r.add_argument("--float-subset", type=int, default=0, help="images of the float model's training (0 = all, the demo's)")
+    r.add_argument("--out", default="hwq-out/train", help="output directory (default hwq-out/train)")
+    r.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    r.add_argument("--artifact", action="store_true", help="also compile for --target and save the artifact")
+    r.add_argument("--target", default="x86-host")
+    r.add_argument("--data-dir", default=None, help="directory with the Fashion-MNIST idx .gz files")
+    r.add_argument("--no-progress", action="store_true", help="no progress bars")
+    r.set_defaults(func=_cmd_train)
     return p
 
 

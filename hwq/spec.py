@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass
 from hwq.errors import ConfigError, choices
 
 GRANULARITIES = ("per_tensor", "per_channel")
+RANGE_MODES = ("calibrated", "learned")
 
 
 @dataclass(frozen=True)
@@ -20,11 +21,15 @@ class QuantSpec:
         bits: 2..8 (values are stored in an 8-bit container; narrower widths use a narrower range).
         signed: signed range ``[-(2^(b-1)-1), 2^(b-1)-1]`` (narrow, symmetric) or unsigned ``[0, 2^b-1]``.
         granularity: ``"per_tensor"`` or ``"per_channel"`` (axis 0 of a weight).
+        range_mode: how quantization-aware training sets the scale: ``"calibrated"`` (max-abs of a
+            weight, min/max of an activation tracked with a moving average) or ``"learned"`` (a
+            trained parameter, LSQ). Post-training quantization always calibrates.
     """
 
     bits: int = 8
     signed: bool = True
     granularity: str = "per_tensor"
+    range_mode: str = "calibrated"
     version: int = 1
 
     def __post_init__(self):
@@ -32,6 +37,8 @@ class QuantSpec:
             raise ConfigError(f"QuantSpec.bits must be an int in 2..8, got {self.bits!r}")
         if self.granularity not in GRANULARITIES:
             raise ConfigError(f"QuantSpec.granularity {self.granularity!r} is not one of {choices(GRANULARITIES)}")
+        if self.range_mode not in RANGE_MODES:
+            raise ConfigError(f"QuantSpec.range_mode {self.range_mode!r} is not one of {choices(RANGE_MODES)}")
         if self.version != 1:
             raise ConfigError(f"QuantSpec.version {self.version!r} is not supported; valid: 1")
 
@@ -53,9 +60,10 @@ class QuantSpec:
 
     @classmethod
     def from_json(cls, d: dict) -> "QuantSpec":
-        unknown = set(d) - {"bits", "signed", "granularity", "version"}
+        unknown = set(d) - {"bits", "signed", "granularity", "range_mode", "version"}
         if unknown:
-            raise ConfigError(f"unknown QuantSpec fields {sorted(unknown)}; valid: bits, signed, granularity, version")
+            raise ConfigError(f"unknown QuantSpec fields {sorted(unknown)}; "
+                              f"valid: bits, signed, granularity, range_mode, version")
         return cls(**d)
 
 

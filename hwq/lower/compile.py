@@ -14,7 +14,7 @@ from hwq.errors import ArtifactError, ConfigError, TargetError
 from hwq.lower.artifact import LIBRARY, read_manifest, save_artifact
 from hwq.lower.pipeline import get_pipeline
 from hwq.lower.relax_builder import build_relax_module
-from hwq.lower.tvm_target import to_tvm_target
+from hwq.lower.tvm_target import resolve_features, to_tvm_target
 from hwq.target import Target, load_target
 
 _HOST_ARCH = {"x86_64": "x86_64", "AMD64": "x86_64", "aarch64": "aarch64", "arm64": "aarch64"}
@@ -83,7 +83,7 @@ def compile_model(graph: qg.QGraph, target: Target | str = "x86-host") -> Compil
     if target.kind != "cpu":
         raise ConfigError(f"target {target.name!r} is a {target.kind!r} target; the integer lowering builds CPU "
                           f"(llvm) targets so far: x86 and aarch64. CUDA integer kernels are not implemented yet")
-    mod = build_relax_module(graph, target)
+    mod = build_relax_module(graph, resolve_features(target))
     tvm_target = to_tvm_target(target)
     executable = tvm.compile(mod, target=tvm_target, relax_pipeline=get_pipeline(target.kind, tvm_target))
     return CompiledModel(executable, target, graph.describe_json(), graph)

@@ -10,7 +10,7 @@ from hwq import qgraph as qg
 from hwq.errors import ConfigError
 from hwq.lower.compile import _runs_here
 from hwq.lower.kernels import select_kernel, tuning
-from hwq.lower.tvm_target import to_tvm_target
+from hwq.lower.tvm_target import resolve_features, to_tvm_target
 from hwq.target import Target, load_target
 
 TUNE_BATCH = 16
@@ -25,6 +25,7 @@ def tune_model(graph: qg.QGraph, target: Target | str = "x86-host", time_budget_
     """
     if isinstance(target, str):
         target = load_target(target)
+    target = resolve_features(target)
     if not _runs_here(target):
         raise ConfigError(f"tuning times kernels on the machine itself, and target {target.name!r} does not "
                           f"run here; tune on the device (remote tuning is not implemented yet)")

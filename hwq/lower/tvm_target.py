@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
+import functools
 
 import tvm
 from tvm.target import codegen
@@ -58,3 +60,32 @@ def _resolve_cpu(spec: dict, field: str, target: Target) -> None:
         raise TargetError(f"{where}: field '{field}.mcpu' is {spec['mcpu']!r}, which LLVM does not know for "
                           f"triple {triple!r}; closest: {choices(close) or 'none'} "
                           f"(or {DETECT_CPU!r} to detect this machine's CPU)")
+
+
+# hwq feature name -> the LLVM CPU feature that provides it
+_LLVM_FEATURE = {"avx2": "avx2", "avx512": "avx512f", "avx512vnni": "avx512vnni", "neon": "neon",
+                 "dotprod": "dotprod", "i8mm": "i8mm"}
+
+
+@functools.lru_cache(maxsize=None)
+def _cpu_features(mtriple: str, mcpu: str) -> frozenset:
+    t = tvm.target.Target({"kind": "llvm", "mtriple": mtriple, "mcpu": mcpu})
+    return frozenset(str(k) for k in codegen.llvm_get_cpu_features(t))
+
+
+def resolve_features(target: Target) -> Target:
+    """``target`` with the instruction features its CPU really has, for kernel selection.
+
+    A target with ``mcpu = "host"`` builds for whatever CPU the build machine has, which need
+    not be the CPU its file describes (``x86-host`` describes the Zen 4 it was measured on; the
+    same file on a Zen 3 or a Haswell has no AVX-512). Its declared features are intersected
+    with those LLVM reports for the detected CPU, so a kernel needing ``vpdpbusd`` is never
+    chosen for a CPU without it (LLVM would abort the build). Other targets are returned as is.
+    """
+    spec = target.tvm
+    if target.kind != "cpu" or spec.get("kind") != "llvm" or spec.get("mcpu") != DETECT_CPU:
+        return target
+    triple = spec.get("mtriple") or codegen.llvm_get_system_triple()
+    have = _cpu_features(triple, codegen.llvm_get_system_cpu())
+    kept = tuple(f for f in target.features if _LLVM_FEATURE.get(f, f) in have)
+    return target if kept == target.features else dataclasses.replace(target, features=kept)

@@ -8,11 +8,17 @@ import torch
 from torch.export import ExportedProgram
 
 
-def export_model(model: torch.nn.Module, example: torch.Tensor) -> ExportedProgram:
-    """``torch.export`` of the model in eval mode (BN uses running statistics, dropout is off)."""
+def export_model(model: torch.nn.Module, example: torch.Tensor, dynamic_batch: bool = False) -> ExportedProgram:
+    """``torch.export`` of the model in eval mode (BN uses running statistics, dropout is off).
+
+    ``dynamic_batch`` keeps the batch dimension symbolic, so that ``ep.module()`` runs on any
+    batch size (QAT trains that module); ``example`` then needs a batch of at least 2, since
+    export specializes a dimension of size 1.
+    """
     model.eval()
+    dynamic = ({0: torch.export.Dim.AUTO},) if dynamic_batch else None
     with torch.no_grad():
-        return torch.export.export(model, (example,))
+        return torch.export.export(model, (example,), dynamic_shapes=dynamic)
 
 
 def constants(ep: ExportedProgram) -> dict:

@@ -1,0 +1,212 @@
+"""``quantize_(model, plan, step=...)``: quantization-aware training in two steps, prepare then convert.
+
+``prepare`` exports the float model with ``torch.export`` (batch dimension dynamic), takes the
+trainable ``ep.module()`` and rewrites it at exactly the converter's quantization points, which
+``hwq.qat.patterns.find_groups`` decides for both: every conv / linear group (with its BN and
+ReLU) becomes a ``QuantLayer``; the model input, each residual add and each global average pool
+get an ``ActFakeQuantize``. Activation ranges start from min/max calibration, as in PTQ.
+
+``convert`` reads the trained quantizers (their scales, and the integers the weight quantizers
+round to) and builds the ``QGraph`` from the same exported graph, so the integer program computes
+what the fake-quantized model trained on, up to the fixed-point requantization's rounding.
+
+Example:
+    >>> prepared = quantize_(model, BitPlan(default=LayerSpec(4, 4)), step="prepare", calibration=images)
+    >>> report = train_constrained(prepared, train_set, QATConfig(epochs=1))
+    >>> graph = quantize_(prepared, step="convert")            # -> hwq.lower.compile_model(graph, ...)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from dataclasses import replace
+
+import torch
+from torch import nn
+
+from hwq import qgraph as qg
+from hwq.errors import ConfigError, choices
+from hwq.plan import BitPlan
+from hwq.qat.convert import convert
+from hwq.qat.exported import constants, export_model, user_input_name
+from hwq.qat.fake_quant import ActFakeQuantize
+from hwq.qat.modules import QuantLayer
+from hwq.qat.patterns import LAYER, find_groups, fold_batch_norm, group_nodes, layer_names
+from hwq.spec import RANGE_MODES, QuantSpec
+
+STEPS = ("prepare", "convert")
+INPUT = "__input__"   # the model input's key among the quantization points (as in ``calibrate``)
+
+
+def quantize_(model: nn.Module, plan: BitPlan | None = None, step: str = "prepare", *,
+              calibration: torch.Tensor | None = None, range_mode: str = "calibrated", batch_size: int = 256):
+    """Prepare a float model for quantization-aware training, or convert a trained one.
+
+    Args:
+        model: ``step="prepare"``: a float model whose ops are among ``hwq.qat.convert.SUPPORTED_OPS``;
+            ``step="convert"``: the module ``prepare`` returned (trained or not).
+        plan: per-layer bits (``prepare`` only; the default is W8A8). ``convert`` uses the plan
+            the model was prepared with.
+        step: ``"prepare"`` or ``"convert"``.
+        calibration: float inputs (N, ...) for the export and the initial activation ranges (prepare).
+        range_mode: ``"calibrated"`` or ``"learned"`` scales for weights and activations (the
+            model input is always calibrated: it is data, not a trained feature).
+        batch_size: calibration batch size.
+
+    Returns:
+        ``prepare``: a trainable ``torch.fx.GraphModule``; ``convert``: the ``QGraph``.
+    """
+    if step == "prepare":
+        return _prepare(model, plan if plan is not None else BitPlan(), calibration, range_mode, batch_size)
+    if step == "convert":
+        return _convert(model, plan)
+    raise ConfigError(f"quantize_ step {step!r} is not one of {choices(STEPS)}")
+
+
+@contextlib.contextmanager
+def float_mode(model: nn.Module):
+    """Run ``model`` as the float network inside the block: every fake quantizer passes values through."""
+    mods = [m for m in model.modules() if hasattr(m, "fake_quant_enabled")]
+    before = [m.fake_quant_enabled for m in mods]
+    for m in mods:
+        m.fake_quant_enabled = False
+    try:
+        yield model
+    finally:
+        for m, b in zip(mods, before):
+            m.fake_quant_enabled = b
+
+
+def quant_layers(model: nn.Module) -> list[QuantLayer]:
+    """The ``QuantLayer`` modules of a prepared model, in execution order."""
+    return [m for m in model.modules() if isinstance(m, QuantLayer)]
+
+
+def act_quantizers(model: nn.Module) -> list[ActFakeQuantize]:
+    """Every activation quantizer of a prepared model (the input's, the layers' outputs, adds, pools)."""
+    return [m for m in model.modules() if isinstance(m, ActFakeQuantize)]
+
+
+@torch.no_grad()
+def calibrate_(model: nn.Module, calibration: torch.Tensor, batch_size: int = 256) -> None:
+    """Reset every activation range to the min/max of the float model on ``calibration``."""
+    quantizers = act_quantizers(model)
+    for q in quantizers:
+        q.min_val.fill_(float("inf"))
+        q.max_val.fill_(float("-inf"))
+        q.calibrating = True
+    try:
+        with float_mode(model):
+            for i in range(0, len(calibration), batch_size):
+                model(calibration[i:i + batch_size])
+    finally:
+        for q in quantizers:
+            q.finish_calibration()
+
+
+# ------------------------------------------------------------------------------------ prepare
+def _prepare(model, plan, calibration, range_mode, batch_size):
+    if not isinstance(calibration, torch.Tensor) or calibration.dim() < 2 or len(calibration) == 0:
+        raise ConfigError("quantize_(..., step='prepare') needs calibration=<float tensor (N, ...)> with N >= 1, "
+                          f"got {type(calibration).__name__}")
+    if range_mode not in RANGE_MODES:
+        raise ConfigError(f"range_mode {range_mode!r} is not one of {choices(RANGE_MODES)}")
+    example = calibration[:2] if len(calibration) >= 2 else calibration.repeat(2, *[1] * (calibration.dim() - 1))
+    ep = export_model(model, example, dynamic_batch=True)
+    plan.check_names(layer_names(ep.graph))
+    input_nonneg = float(calibration.min()) >= 0
+    groups = find_groups(ep.graph, input_nonneg)
+    consts = constants(ep)
+
+    gm = ep.module()
+    gm.quant = nn.ModuleDict()
+    nodes = {n.name: n for n in gm.graph.nodes}
+    in_spec = QuantSpec(8, signed=not input_nonneg)        # the converter's input: always 8-bit, calibrated
+    in_name = user_input_name(ep)
+    # which quantizer's scale each value carries (ops without their own keep their input's)
+    carrier = {in_name: _insert_after(gm, nodes[in_name], "input", ActFakeQuantize(in_spec, INPUT))}
+    for g in groups:
+        if g.kind == LAYER:
+            layer = _replace_layer(gm, nodes, g, consts, plan, range_mode)
+            layer.set_input_quantizer(carrier.get(g.anchor.args[0].name))
+            carrier[g.output.name] = layer.out_fq
+        elif g.quantizes:
+            spec = replace(plan.default.act_spec(signed=not g.nonneg), range_mode=range_mode)
+            carrier[g.output.name] = _insert_after(gm, nodes[g.output.name], f"{g.kind}_{g.output.name}",
+                                                   ActFakeQuantize(spec, g.output.name))
+        else:
+            carrier[g.output.name] = carrier.get(g.anchor.args[0].name)
+    for n in list(gm.graph.nodes):             # the original weights and BN statistics, now unused
+        if n.op == "get_attr" and not n.users:
+            gm.graph.erase_node(n)
+    gm.delete_all_unused_submodules()
+    gm.graph.lint()
+    gm.recompile()
+    # ep.module() forbids train()/eval() because BN and dropout have their mode baked into the
+    # graph. BN is folded away now and dropout stays in inference form (off, as in the integer
+    # program), so the two only switch the quantizers' range tracking: give them back.
+    del gm.train, gm.eval
+    # plain attributes, not state: convert reads the exported graph and the plan from here
+    gm.hwq_export, gm.hwq_plan = ep, plan
+    calibrate_(gm, calibration, batch_size)
+    return gm.train()
+
+
+def _key(gm, name):
+    base = re.sub(r"\W", "_", name) or "layer"
+    key, i = base, 1
+    while key in gm.quant:
+        key, i = f"{base}_{i}", i + 1
+    return key
+
+
+def _insert_after(gm, node, name, quantizer):
+    key = _key(gm, name)
+    gm.quant[key] = quantizer
+    with gm.graph.inserting_after(node):
+        fq = gm.graph.call_module(f"quant.{key}", (node,))
+    node.replace_all_uses_with(fq, delete_user_cb=lambda user: user is not fq)
+    return quantizer
+
+
+def _replace_layer(gm, nodes, g, consts, plan, range_mode):
+    anchor = g.anchor
+    w = consts[anchor.args[1].name].detach().double()
+    b_node = anchor.args[2] if len(anchor.args) > 2 else None
+    b = consts[b_node.name].detach().double() if b_node is not None else torch.zeros(w.shape[0], dtype=torch.float64)
+    if g.bn is not None:
+        w, b = fold_batch_norm(g.bn, w, b, lambda n: consts[n.name])
+    spec = plan.spec_for(g.module)
+    w_spec = replace(spec.weight_spec(), range_mode=range_mode)
+    a_spec = None if g.int32_output else replace(spec.act_spec(signed=not g.nonneg), range_mode=range_mode)
+    key = _key(gm, g.module or anchor.name)
+    layer = QuantLayer(g, w, b, w_spec, a_spec)
+    gm.quant[key] = layer
+    gm_anchor = nodes[anchor.name]
+    with gm.graph.inserting_before(gm_anchor):
+        new = gm.graph.call_module(f"quant.{key}", (gm_anchor.args[0],))
+    nodes[g.output.name].replace_all_uses_with(new)
+    for n in reversed(group_nodes(g)):
+        gm.graph.erase_node(nodes[n.name])
+    return layer
+
+
+# ------------------------------------------------------------------------------------ convert
+def _convert(prepared, plan) -> qg.QGraph:
+    ep, prepared_plan = getattr(prepared, "hwq_export", None), getattr(prepared, "hwq_plan", None)
+    if ep is None:
+        raise ConfigError("quantize_(..., step='convert') takes the module quantize_(..., step='prepare') returned, "
+                          f"got a {type(prepared).__name__} that was not prepared")
+    if plan is not None and plan != prepared_plan:
+        raise ConfigError("the bits are fixed at prepare: convert uses the plan the model was prepared with; "
+                          "pass plan=None (or prepare again with the new plan)")
+    scales, ranges, weights = {}, {}, {}
+    for q in act_quantizers(prepared):
+        s = float(q.current_scale().detach())      # the float32 scale, exactly
+        scales[q.node] = s
+        hi = s * q.spec.qmax
+        ranges[q.node] = (-hi if q.spec.signed else 0.0, hi)
+    for layer in quant_layers(prepared):
+        weights[layer.node] = layer.integers()
+    return convert(ep, ranges, prepared_plan, scales=scales, weights=weights)

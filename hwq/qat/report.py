@@ -1,0 +1,95 @@
+"""``SensitivityReport``: the duals of a constrained QAT run, read as per-layer sensitivities.
+
+At a solution, λ_l is the derivative of the optimal loss with respect to ε_l: how much the task
+would gain if layer l were allowed more quantization error. The paper keeps the layers of largest
+λ in high precision; ``top_layers(k)`` names them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from hwq.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class LayerSensitivity:
+    """One constraint at the end of training: its dual, its mean slack (g - ε) over the last epoch, ε, bits."""
+
+    name: str
+    lam: float
+    slack: float
+    eps: float
+    weight_bits: int | None = None
+    act_bits: int | None = None
+
+    def to_json(self) -> dict:
+        d = asdict(self)
+        d["lambda"] = d.pop("lam")     # "lambda" is a Python keyword, not a JSON one
+        return d
+
+    @classmethod
+    def from_json(cls, d: dict) -> "LayerSensitivity":
+        d = dict(d)
+        d["lam"] = d.pop("lambda")
+        return cls(**d)
+
+
+@dataclass(frozen=True)
+class SensitivityReport:
+    """Per-layer λ, slack, ε and bits, the output constraint (or None), and the training history."""
+
+    layers: tuple
+    output: LayerSensitivity | None = None
+    config: dict = field(default_factory=dict)
+    history: tuple = ()
+    accuracy: float | None = None      # quantized (fake-quant) model on the evaluation data, percent
+    version: int = 1
+
+    def top_layers(self, k: int) -> list[str]:
+        """Names of the ``k`` layers with the largest λ (ties keep execution order)."""
+        order = sorted(range(len(self.layers)), key=lambda i: -self.layers[i].lam)
+        return [self.layers[i].name for i in order[:k]]
+
+    def lambdas(self) -> dict:
+        return {layer.name: layer.lam for layer in self.layers}
+
+    def to_json(self) -> str:
+        return json.dumps({"version": self.version, "layers": [layer.to_json() for layer in self.layers],
+                           "output": None if self.output is None else self.output.to_json(),
+                           "accuracy": self.accuracy, "config": self.config, "history": list(self.history)},
+                          indent=2)
+
+    @classmethod
+    def from_json(cls, text: str) -> "SensitivityReport":
+        try:
+            d = json.loads(text)
+            return cls(layers=tuple(LayerSensitivity.from_json(x) for x in d["layers"]),
+                       output=None if d.get("output") is None else LayerSensitivity.from_json(d["output"]),
+                       config=d.get("config", {}), history=tuple(d.get("history", ())),
+                       accuracy=d.get("accuracy"), version=d.get("version", 1))
+        except (json.JSONDecodeError, KeyError, TypeError) as e:
+            raise ConfigError(f"not a SensitivityReport JSON document: {e!r}") from None
+
+    def save(self, path) -> Path:
+        """Write the JSON atomically (a temporary file renamed into place)."""
+        p = Path(path)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile("w", dir=p.parent, suffix=".tmp", delete=False) as f:
+            f.write(self.to_json())
+        os.replace(f.name, p)
+        return p
+
+    def table(self) -> str:
+        """The report as a plain-text table, largest λ first."""
+        rows = sorted(self.layers, key=lambda r: -r.lam) + ([self.output] if self.output else [])
+        w = max(len(r.name) for r in rows)
+        lines = [f"{'layer':{w}s} {'W':>2s} {'A':>2s} {'lambda':>10s} {'slack':>10s} {'eps':>8s}"]
+        for r in rows:
+            bits = f"{r.weight_bits or '-':>2} {r.act_bits or '-':>2}"
+            lines.append(f"{r.name:{w}s} {bits} {r.lam:10.4g} {r.slack:10.4g} {r.eps:8.3g}")
+        return "\n".join(lines)

@@ -1,0 +1,151 @@
+"""``hwq train``: constrained QAT of the Fashion-MNIST ResCNN, from its cached float checkpoint to an
+integer program (and optionally a compiled artifact).
+
+Steps: load the data; load (or train and cache) the float model; prepare it for QAT with the bit
+plan; train under the per-layer constraints; write the checkpoint and the sensitivity report;
+convert to a ``QGraph``, measure its integer accuracy with the torch integer reference and, with
+``artifact``, compile it with TVM, check that TVM predicts exactly what the reference predicts, and
+save the artifact. Under ``torchrun`` every process trains; rank 0 alone writes and compiles.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import TensorDataset
+
+from hwq.errors import ConfigError, TargetError
+from hwq.plan import BitPlan, LayerSpec
+from hwq.qat.config import QATConfig
+
+RANGE_MODES = ("calibrated", "learned")
+
+
+@dataclass(frozen=True)
+class TrainJobConfig:
+    """Options of ``hwq train`` (the QAT problem itself is ``qat``).
+
+    ``plan`` (a ``BitPlan`` JSON file) overrides ``weight_bits`` / ``act_bits``. The float model is
+    ``load_or_train``'s checkpoint for (``width``, ``float_epochs``, ``float_subset``): the demo's by
+    default, so it is trained once per machine.
+    """
+
+    qat: QATConfig = field(default_factory=QATConfig)
+    weight_bits: int = 4
+    act_bits: int = 4
+    plan: str | None = None
+    range_mode: str = "learned"
+    train_subset: int = 10000
+    test_subset: int = 0
+    calibration_images: int = 1024
+    width: int = 32
+    float_epochs: int = 3
+    float_subset: int = 0
+    out_dir: str = "hwq-out/train"
+    resume: bool = False
+    artifact: bool = False
+    target: str = "x86-host"
+    data_dir: str | None = None
+    progress: bool = True
+
+    def __post_init__(self):
+        LayerSpec(self.weight_bits, self.act_bits)            # validates the bits
+        if self.range_mode not in RANGE_MODES:
+            raise ConfigError(f"range_mode {self.range_mode!r} is not one of 'calibrated', 'learned'")
+        for name in ("train_subset", "test_subset", "float_subset"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be >= 0 (0 = all), got {getattr(self, name)!r}")
+        if self.calibration_images < 1 or self.width < 1 or self.float_epochs < 1:
+            raise ConfigError(f"calibration_images, width and float_epochs must be >= 1, got "
+                              f"{self.calibration_images!r}, {self.width!r}, {self.float_epochs!r}")
+
+    def bit_plan(self) -> BitPlan:
+        if self.plan is not None:
+            try:
+                return BitPlan.from_json(Path(self.plan).read_text())
+            except OSError as e:
+                raise ConfigError(f"cannot read the bit plan {self.plan!r}: {e}") from None
+        return BitPlan(default=LayerSpec(self.weight_bits, self.act_bits))
+
+
+def run_train(config: TrainJobConfig = TrainJobConfig(), log=print) -> dict | None:
+    """Run ``hwq train``; returns the summary dict on rank 0 (None on other ranks)."""
+    from hwq.data import load_fashion_mnist
+    from hwq.models import ResCNN, TrainConfig, evaluate, load_or_train
+    from hwq.models.train import to_float_input
+    from hwq.qat import is_main_process, quantize_, run_reference, train_constrained
+    from hwq.qat.reference import dequantize_output, quantize_input
+
+    if config.artifact:
+        from hwq.target import load_target
+        load_target(config.target)            # a typo fails here, before minutes of training
+    plan = config.bit_plan()
+    out = Path(config.out_dir)
+    train, test = load_fashion_mnist("train", config.data_dir), load_fashion_mnist("test", config.data_dir)
+    if config.test_subset:
+        test = test.subset(config.test_subset, seed=0)
+    torch.manual_seed(0)
+    model, cached = load_or_train(ResCNN(width=config.width), train,
+                                  TrainConfig(epochs=config.float_epochs, train_subset=config.float_subset),
+                                  log=lambda s: log("  " + s))
+    x_test, y_test = to_float_input(test.images), torch.from_numpy(test.labels)
+    fp32_acc = evaluate(model, test)
+    log(f"float model: {'cached' if cached else 'trained and cached'}, test accuracy {fp32_acc:.2f}%")
+
+    calib = to_float_input(train.subset(config.calibration_images, seed=1).images)
+    prepared = quantize_(model, plan, step="prepare", calibration=calib, range_mode=config.range_mode)
+    sub = train.subset(config.train_subset, seed=2) if config.train_subset else train
+    data = TensorDataset(to_float_input(sub.images), torch.from_numpy(sub.labels))
+    log(f"constrained QAT ({config.qat.gradient_mode} gradients) on {len(sub)} images, plan "
+        f"W{plan.default.weight_bits}A{plan.default.act_bits}{' + per-layer overrides' if plan.layers else ''}")
+    report = train_constrained(prepared, data, config.qat, eval_data=TensorDataset(x_test, y_test),
+                               checkpoint=out / "checkpoint.pt", resume=config.resume, progress=config.progress, log=log)
+    if not is_main_process():
+        return None
+    report.save(out / "sensitivity.json")
+    log(report.table())
+
+    graph = quantize_(prepared, step="convert")
+    xi = quantize_input(graph, x_test)
+    ref_int = torch.cat([run_reference(graph, xi[i:i + 1000]) for i in range(0, len(xi), 1000)])
+    # logits, not raw accumulators: an int32 output has one scale per channel (s_x * s_w[c])
+    ref_pred = dequantize_output(graph, ref_int).argmax(1).numpy()
+    int_acc = 100.0 * float((ref_pred == test.labels).mean())
+    summary = {"fp32_accuracy": fp32_acc, "fake_quant_accuracy": report.accuracy, "integer_accuracy": int_acc,
+               "report": str(out / "sensitivity.json"), "checkpoint": str(out / "checkpoint.pt"),
+               "config": _jsonable(config)}
+    log(f"test accuracy: fp32 {fp32_acc:.2f}%, fake-quant {report.accuracy:.2f}%, integer program {int_acc:.2f}%")
+    if config.artifact:
+        from hwq.lower import compile_model
+
+        compiled = compile_model(graph, config.target)
+        if _runs_here(compiled):
+            xin = xi.numpy().astype(graph.input.dtype)
+            tvm_int = np.concatenate([compiled.run_int(xin[i:i + 1000]) for i in range(0, len(xin), 1000)])
+            tvm_pred = dequantize_output(graph, torch.from_numpy(tvm_int.astype(np.int64))).argmax(1).numpy()
+            summary["tvm_equals_reference_outputs"] = bool(np.array_equal(tvm_int, ref_int.numpy()))
+            summary["tvm_equals_reference_predictions"] = bool(np.array_equal(tvm_pred, ref_pred))
+            log(f"TVM on {len(xin)} test images: integer outputs equal the reference's: "
+                f"{summary['tvm_equals_reference_outputs']}, predictions equal: {summary['tvm_equals_reference_predictions']}")
+        summary["artifact"] = str(compiled.save(out / f"artifact-{config.target}"))
+        log(f"wrote {summary['artifact']}")
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def _runs_here(compiled) -> bool:
+    try:
+        compiled.vm     # noqa: B018 (builds the VM; raises TargetError for a board this host cannot run)
+        return True
+    except TargetError:
+        return False
+
+
+def _jsonable(config: TrainJobConfig) -> dict:
+    d = asdict(config)
+    d["qat"] = json.loads(config.qat.to_json())
+    return d
