@@ -143,11 +143,11 @@ def _layer_rates(graph):
     import tvm
 
     from hwq.lower.kernels import select_kernel
-    from hwq.lower.tvm_target import to_tvm_target
+    from hwq.lower.tvm_target import resolve_features, to_tvm_target
     from hwq.target import load_target
     from hwq.timing import median_ms
 
-    target = load_target("x86-host")
+    target = resolve_features(load_target("x86-host"))   # the kernels compile_model builds on this CPU
     peak = target.peak_ops_per_s("int8")
     rows = []
     rng = np.random.default_rng(0)

@@ -7,7 +7,8 @@ from hwq.cli import main
 def test_targets_lists_every_board(capsys):
     assert main(["targets"]) == 0
     out = capsys.readouterr().out
-    for name in ("x86-host", "raspberry-pi-4b", "raspberry-pi-5", "nvidia-jetson-orin-nano", "nvidia-t4", "nvidia-h100"):
+    for name in ("x86-host", "x86-avx2", "raspberry-pi-4b", "raspberry-pi-5", "nvidia-jetson-orin-nano", "nvidia-t4",
+                 "nvidia-h100"):
         assert name in out
 
 

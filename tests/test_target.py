@@ -13,10 +13,10 @@ from hwq.target import DTYPES, FEATURES, KINDS, Target, list_targets, load_targe
 
 TARGETS_DIR = Path(__file__).resolve().parent.parent / "targets"
 NAMES = ["nvidia-h100", "nvidia-jetson-orin-nano", "nvidia-t4", "raspberry-pi-4b", "raspberry-pi-5",
-         "x86-cascadelake", "x86-host"]
+         "x86-avx2", "x86-cascadelake", "x86-host"]
 
 
-def test_list_targets_returns_the_seven_sorted():
+def test_list_targets_returns_them_sorted():
     assert [t.name for t in list_targets()] == NAMES
 
 
@@ -48,6 +48,14 @@ def test_x86_cascadelake_is_a_fixed_description():
     # Cascade Lake has two 512-bit vpdpbusd ports, Zen 4 one zmm per cycle: twice the int8 ops per cycle
     host = load_target("x86-host")
     assert t.compute.peak_ops_per_cycle["int8"] == 2 * host.compute.peak_ops_per_cycle["int8"]
+
+
+def test_x86_avx2_is_a_fixed_description_without_avx512():
+    t = load_target("x86-avx2")  # AMD EPYC Zen 3: 2 vpmaddwd ymm (16 MACs each) per cycle per core
+    assert t.tvm["mcpu"] == "znver3" and not t.is_cross
+    assert t.has_feature("avx2") and not t.has_feature("avx512") and not t.has_feature("avx512vnni")
+    assert t.compute.peak_ops_per_cycle["int8"] == 64 == 2 * t.compute.peak_ops_per_cycle["fp32"]
+    assert t.peak_ops_per_s("int8") == pytest.approx(2 * 3.1e9 * 64)
 
 
 def test_board_capabilities():

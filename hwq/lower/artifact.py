@@ -49,7 +49,9 @@ def save_artifact(executable, path, target, graph_json: str, fcompile=None) -> P
             "format": FORMAT, "version": FORMAT_VERSION,
             "hwq_version": hwq.__version__, "tvm_version": tvm.__version__,
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "target": target.name, "target_triple": target.tvm.get("mtriple", ""), "target_kind": target.kind,
+            # a CUDA target's triple is its host CPU's
+            "target": target.name, "target_kind": target.kind,
+            "target_triple": target.tvm.get("mtriple") or target.tvm.get("host", {}).get("mtriple", ""),
             "library": LIBRARY, "sha256": _sha256(lib),
             "graph": json.loads(graph_json),
         }

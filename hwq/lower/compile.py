@@ -10,7 +10,7 @@ import tvm
 from tvm import relax
 
 from hwq import qgraph as qg
-from hwq.errors import ArtifactError, ConfigError, TargetError
+from hwq.errors import ArtifactError, TargetError
 from hwq.lower.artifact import LIBRARY, read_manifest, save_artifact
 from hwq.lower.pipeline import get_pipeline
 from hwq.lower.relax_builder import build_relax_module
@@ -20,12 +20,33 @@ from hwq.target import Target, load_target
 _HOST_ARCH = {"x86_64": "x86_64", "AMD64": "x86_64", "aarch64": "aarch64", "arm64": "aarch64"}
 
 
-def _runs_here(target: Target) -> bool:
-    if target.kind != "cpu":
-        return False
-    triple = target.tvm.get("mtriple", "")
+def _host_triple(target: Target) -> str:
+    """The triple of the CPU that runs the model's host code ('' for the build machine's)."""
+    spec = target.tvm if target.kind == "cpu" else target.tvm.get("host", {})
+    return spec.get("mtriple", "")
+
+
+def _device(target: Target):
+    """The TVM device a model built for ``target`` runs on in this process, or None if it cannot."""
+    triple = _host_triple(target)
     host = _HOST_ARCH.get(platform.machine(), platform.machine())
-    return triple == "" or triple.startswith(host)
+    if triple and not triple.startswith(host):
+        return None
+    if target.kind == "cpu":
+        return tvm.cpu()
+    if target.kind == "cuda" and tvm.cuda().exist:
+        return tvm.cuda()
+    return None
+
+
+def _runs_here(target: Target) -> bool:
+    return _device(target) is not None
+
+
+def _where_it_runs(target: Target) -> str:
+    if target.kind == "cuda":
+        return f"an NVIDIA GPU ({target.tvm.get('arch')}) with a {_host_triple(target) or 'matching'} host"
+    return _host_triple(target) or target.kind
 
 
 class CompiledModel:
@@ -38,24 +59,31 @@ class CompiledModel:
 
     def __init__(self, executable, target: Target, graph_json: str, graph: qg.QGraph | None = None):
         self.executable, self.target, self.graph_json, self.graph = executable, target, graph_json, graph
-        self._vm = None
+        self._vm = self._dev = None
 
     @property
     def vm(self) -> relax.VirtualMachine:
         if self._vm is None:
-            if not _runs_here(self.target):
-                raise TargetError(f"model built for target {self.target.name!r} ({self.target.tvm.get('mtriple', self.target.kind)}) "
-                                  f"cannot run on this {platform.machine()} host; save() it and run it on the device")
-            self._vm = relax.VirtualMachine(self.executable, tvm.cpu())
+            dev = _device(self.target)
+            if dev is None:
+                raise TargetError(f"model built for target {self.target.name!r} needs {_where_it_runs(self.target)} "
+                                  f"and cannot run on this {platform.machine()} host; save() it and run it on the device")
+            self._vm, self._dev = relax.VirtualMachine(self.executable, dev), dev
         return self._vm
+
+    def _input(self, x: np.ndarray):
+        vm = self.vm                      # first: it picks the device (or says why there is none)
+        return vm, tvm.runtime.tensor(np.ascontiguousarray(x), device=self._dev)
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
         """Float32 input (N, ...) -> float32 output (the dequantized logits)."""
-        return self.vm["main"](tvm.runtime.tensor(np.ascontiguousarray(x, dtype=np.float32))).numpy()
+        vm, x = self._input(np.asarray(x, dtype=np.float32))
+        return vm["main"](x).numpy()
 
     def run_int(self, x_int: np.ndarray) -> np.ndarray:
         """Integer input in the graph's input dtype -> integer output: the integer program alone."""
-        return self.vm["forward_int"](tvm.runtime.tensor(np.ascontiguousarray(x_int))).numpy()
+        vm, x = self._input(x_int)
+        return vm["forward_int"](x).numpy()
 
     def save(self, path) -> Path:
         """Write the deployable artifact directory (cross-linked for the target's triple)."""
@@ -71,7 +99,9 @@ def compile_model(graph: qg.QGraph, target: Target | str = "x86-host") -> Compil
 
     Args:
         graph: from ``hwq.qat.quantize_ptq`` (or QAT's convert).
-        target: a ``Target`` or the name of a file in ``targets/``.
+        target: a ``Target`` or the name of a file in ``targets/``: a CPU (llvm) or a CUDA target.
+            A CUDA build embeds the kernels' CUDA source in the library and runs where TVM sees
+            a GPU (``tvm.cuda().exist``) on a host of the target's triple.
 
     Example:
         >>> model = compile_model(graph, "x86-host")
@@ -80,9 +110,6 @@ def compile_model(graph: qg.QGraph, target: Target | str = "x86-host") -> Compil
     """
     if isinstance(target, str):
         target = load_target(target)
-    if target.kind != "cpu":
-        raise ConfigError(f"target {target.name!r} is a {target.kind!r} target; the integer lowering builds CPU "
-                          f"(llvm) targets so far: x86 and aarch64. CUDA integer kernels are not implemented yet")
     mod = build_relax_module(graph, resolve_features(target))
     tvm_target = to_tvm_target(target)
     executable = tvm.compile(mod, target=tvm_target, relax_pipeline=get_pipeline(target.kind, tvm_target))
@@ -94,8 +121,8 @@ def load_model(path) -> CompiledModel:
     manifest = read_manifest(path)
     target = load_target(manifest["target"])
     if not _runs_here(target):
-        raise ArtifactError(f"artifact {str(path)!r} was built for {target.name!r} "
-                            f"({manifest.get('target_triple') or target.kind}); run it on that device")
+        raise ArtifactError(f"artifact {str(path)!r} was built for {target.name!r}, which needs "
+                            f"{_where_it_runs(target)}; run it on that device")
     try:
         executable = tvm.runtime.load_module(str(Path(path) / manifest.get("library", LIBRARY)))
     except Exception as e:  # TVM raises its own error types for a library it cannot load

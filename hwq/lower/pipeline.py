@@ -3,6 +3,15 @@
 ``tvm.compile(mod, target)`` with the ``"default"`` pipeline neither fuses operators nor schedules
 them on CPUs; hwq's CPU pipeline legalizes, fuses (hand-scheduled kernels are opaque to FuseOps),
 schedules the fused glue, then lowers as TVM's CPU backend does.
+
+The CUDA pipeline is TVM's CUDA backend with one DLight rule for the glue, ``gpu.Fallback``
+(threads over the output elements, reductions serial in each thread): hwq's conv / dense
+kernels arrive scheduled (DLight skips them), and what is left is elementwise, padding, layout
+moves, pooling and the convs hwq has no CUDA kernel for (grouped, depthwise). TVM's other rules
+fail on these in TVM 0.27: ``gpu.GeneralReduction`` schedules a grouped int8 conv fused with
+its requantization as a cross-thread reduction that ``LowerCrossThreadReduction`` then rejects
+("reduction-related loops ... are not the deepest"), and ``gpu.Matmul`` sends an int8 matmul
+to the tensor-core path, which fails on sm_75-sm_86.
 """
 
 from __future__ import annotations
@@ -32,11 +41,30 @@ def _cpu(target: tvm.target.Target) -> tvm.transform.Pass:
     return _pipeline
 
 
-PIPELINES = {"cpu": _cpu}
+def _cuda(target: tvm.target.Target) -> tvm.transform.Pass:
+    from tvm.relax.backend.cuda import pipeline as cuda
+    from tvm.s_tir import dlight as dl
+
+    @tvm.transform.module_pass(opt_level=0, name="hwq.CUDAPipeline")
+    def _pipeline(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
+        with target:
+            seq = tvm.transform.Sequential(
+                cuda.library_dispatch_passes(target)
+                + [relax.transform.LegalizeOps(), relax.transform.AnnotateTIROpPattern(),
+                   relax.transform.FoldConstant(), relax.transform.FuseOps(), relax.transform.FuseTIR(),
+                   dl.ApplyDefaultSchedule(dl.gpu.Fallback())]
+                + cuda.dataflow_lower_passes(target)
+                + cuda.finalize_passes(target))
+            return seq(mod)
+
+    return _pipeline
+
+
+PIPELINES = {"cpu": _cpu, "cuda": _cuda}
 
 
 def get_pipeline(kind: str, target: tvm.target.Target) -> tvm.transform.Pass:
-    """The Relax pipeline for an hwq target kind (``"cpu"``, ...)."""
+    """The Relax pipeline for an hwq target kind (``"cpu"``, ``"cuda"``)."""
     if kind not in PIPELINES:
         raise ConfigError(f"no build pipeline for target kind {kind!r}; available: {choices(PIPELINES)}")
     return PIPELINES[kind](target)

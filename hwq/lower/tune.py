@@ -26,6 +26,9 @@ def tune_model(graph: qg.QGraph, target: Target | str = "x86-host", time_budget_
     if isinstance(target, str):
         target = load_target(target)
     target = resolve_features(target)
+    if target.kind != "cpu":
+        raise ConfigError(f"tuning searches the tiles of hwq's CPU kernels; target {target.name!r} is a "
+                          f"{target.kind!r} target, whose kernels use modelled tiles (no tile search for them yet)")
     if not _runs_here(target):
         raise ConfigError(f"tuning times kernels on the machine itself, and target {target.name!r} does not "
                           f"run here; tune on the device (remote tuning is not implemented yet)")

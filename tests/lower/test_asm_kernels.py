@@ -1,4 +1,5 @@
-"""The dot-product kernels reach the machine code: ``vpdpbusd`` on x86 VNNI, ``sdot`` on the Pi 5.
+"""The dot-product kernels reach the machine code: ``vpdpbusd`` on x86 VNNI, ``vpmaddwd`` on x86
+with AVX2 only, ``sdot`` on the Pi 5.
 
 Cross builds are inspected, not run (``test_aarch64_qemu_exact.py`` runs them under qemu).
 """
@@ -29,6 +30,7 @@ def graph():
 
 @pytest.mark.parametrize("target, present, absent", [
     ("x86-cascadelake", "vpdpbusd", "sdot"),   # named CPU: the same on any build machine
+    ("x86-avx2", "vpmaddwd", "vpdpbusd"),      # Zen 3: no VNNI, the exact int16 pair products
     ("raspberry-pi-5", "sdot", "vpdpbusd"),
     ("raspberry-pi-4b", None, "sdot"),            # no dotprod: the generic NCHW lowering
 ])

@@ -1,10 +1,12 @@
 """Which kernel rule takes which layer on which target, and what the graph must do around it."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 
 from conftest import calibrated_graph, zoo_models
-from hwq.lower.kernels import layout_for, select_kernel
+from hwq.lower.kernels import layout_for, select_kernel, x86_avx2
 from hwq.lower.kernels.dot_conv import pack_conv_weight
 from hwq.target import load_target
 
@@ -17,6 +19,7 @@ def opsnet():
 
 def test_layout_per_target():
     assert layout_for(load_target("x86-host")) == "NHWC"
+    assert layout_for(load_target("x86-avx2")) == "NHWC"           # vpmaddwd
     assert layout_for(load_target("raspberry-pi-5")) == "NHWC"     # dotprod
     assert layout_for(load_target("raspberry-pi-4b")) == "NCHW"    # generic lowering
     assert layout_for(None) == "NCHW"
@@ -24,6 +27,7 @@ def test_layout_per_target():
 
 @pytest.mark.parametrize("target, rule, in_dtype, block", [
     ("x86-host", "x86-avx512-vnni", "uint8", 16),
+    ("x86-avx2", "x86-avx2", "uint8", 8),
     ("raspberry-pi-5", "arm-dotprod", "int8", 4),
 ])
 def test_dot_rule_offsets_and_folds_the_bias(opsnet, target, rule, in_dtype, block):
@@ -38,7 +42,9 @@ def test_dot_rule_offsets_and_folds_the_bias(opsnet, target, rule, in_dtype, blo
         # +128 takes int8 into uint8, -128 uint8 into int8; none when the dtypes agree
         expected = 0 if info.dtype == in_dtype else (128 if in_dtype == "uint8" else -128)
         assert k.input_offset == expected
-        assert k.out_channels % block == 0 and k.params[0].shape[-2:] == (block, 4)
+        w_packed = k.params[0]              # [O/block, KH, KW, I/4, one instruction's block x 4 weights]
+        assert k.out_channels % block == 0 and w_packed.shape[0] * block == k.out_channels
+        assert np.prod(w_packed.shape[4:]) == block * 4
         w = node.weight.reshape(node.weight.shape[0], -1).astype(np.int64)
         bias = k.params[1][: w.shape[0]]
         assert np.array_equal(bias, node.bias - expected * w.sum(1))
@@ -51,3 +57,25 @@ def test_pack_conv_weight_puts_one_dot_block_per_vector():
     p = pack_conv_weight(w, 4)            # [O/4, KH, KW, I/4, 4, 4]
     assert p.shape == (2, 3, 3, 2, 4, 4)
     assert p[1, 2, 0, 1, 3, 2] == w[1 * 4 + 3, 1 * 4 + 2, 2, 0]
+
+
+def test_vnni_outranks_avx2_and_each_kernel_has_its_own_tiles(opsnet):
+    node = next(n for n in opsnet.nodes if n.op == "conv2d" and n.groups == 1)
+    args = opsnet.tensors[node.input], opsnet.tensors[node.output]
+    host = load_target("x86-host")                      # declares AVX2 and AVX-512 VNNI
+    vnni = select_kernel(node, *args, host)
+    assert vnni.name == select_kernel(node, *args, load_target("x86-cascadelake")).name == "x86-avx512-vnni"
+    # the same file on a CPU without AVX-512 (what resolve_features makes of it on a Zen 3)
+    avx2 = select_kernel(node, *args, dataclasses.replace(host, features=("avx2",)))
+    assert avx2.name == "x86-avx2"
+    assert vnni.workload != avx2.workload and vnni.workload.endswith(":x86-avx512-vnni")
+
+
+def test_avx2_tile_pairs_inputs_0_2_and_1_3():
+    w = np.arange(16 * 8).reshape(16, 8, 1, 1).astype(np.int8)
+    p = x86_avx2.pack_conv_weight(w)      # [O/8, 1, 1, I/4, 2, 8, 2]: weight (c, k) at [k % 2, c, k // 2]
+    assert p.shape == (2, 1, 1, 2, 2, 8, 2)
+    for c, k in [(0, 0), (3, 1), (5, 2), (7, 3)]:
+        assert p[1, 0, 0, 1, k % 2, c, k // 2] == w[8 + c, 4 + k, 0, 0]
+    # each vpmaddwd reads 16 contiguous bytes: channel by channel, the pair (k, k + 2)
+    assert list(p[0, 0, 0, 0, 1].ravel()[:4]) == [w[0, 1, 0, 0], w[0, 3, 0, 0], w[1, 1, 0, 0], w[1, 3, 0, 0]]

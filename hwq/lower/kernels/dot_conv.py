@@ -2,12 +2,13 @@
 
 x86 ``vpdpbusd`` and Arm ``sdot`` compute the same thing: ``C[block] += A[4] . B[block, 4]``, the
 4 input-channel bytes of one pixel (broadcast) times a ``block x 4`` tile of weights, into
-``block`` int32 lanes. So one TE definition and one schedule serve both; an ISA module
-(``x86_vnni``, ``arm_dotprod``) names its intrinsic, its block (16 or 4 output channels), the
-dtype it reads activations in, and the register tiles that fit its register file.
+``block`` int32 lanes; on AVX2 without VNNI two ``vpmaddwd`` do it (``x86_avx2``). So one TE
+definition and one schedule serve all; an ISA module (``x86_vnni``, ``x86_avx2``,
+``arm_dotprod``) names its intrinsic, its block (16, 8 or 4 output channels), the dtype it reads
+activations in, the order of its weight tile, and the register tiles that fit its register file.
 
-Weights are packed as ``[O/block, KH, KW, I/4, block, 4]`` so that the ``block x 4`` tile one
-instruction multiplies is one contiguous vector load. A tile of ``tw`` output pixels x
+Weights are packed as ``[O/block, KH, KW, I/4, block, 4]`` (AVX2 reorders the last two axes) so
+that the tile one instruction multiplies is contiguous vector loads. A tile of ``tw`` output pixels x
 ``ob * block`` output channels stays in registers across the whole reduction; the epilogue (bias,
 fixed-point requantization, clamp, cast) runs on that tile right after it.
 """
@@ -35,12 +36,22 @@ def pack_conv_weight(w: np.ndarray, block: int) -> np.ndarray:
     return np.ascontiguousarray(w.reshape(o // block, block, i // 4, 4, kh, kw).transpose(0, 4, 5, 2, 1, 3))
 
 
-def conv_compute(n, hp, wp, cin, cout, kh, kw, stride, dilation, out_dtype, qmin, qmax, in_dtype, block):
-    """TE definition: padded NHWC input, packed weight, per-channel bias/multiplier/shift -> NHWC."""
+def _plain_tile(c, k):
+    return c, k
+
+
+def conv_compute(n, hp, wp, cin, cout, kh, kw, stride, dilation, out_dtype, qmin, qmax, in_dtype, block,
+                 w_tile=None, w_index=_plain_tile):
+    """TE definition: padded NHWC input, packed weight, per-channel bias/multiplier/shift -> NHWC.
+
+    One instruction's ``block x 4`` weights are a ``w_tile``-shaped tile (default ``(block, 4)``)
+    in which weight (channel c, input k) sits at ``w_index(c, k)``: an ISA whose instruction pairs
+    the inputs differently (``x86_avx2``) packs its tile in that order.
+    """
     oh = (hp - dilation[0] * (kh - 1) - 1) // stride[0] + 1
     ow = (wp - dilation[1] * (kw - 1) - 1) // stride[1] + 1
     X = te.placeholder((n, hp, wp, cin), in_dtype, name="X")
-    W = te.placeholder((cout // block, kh, kw, cin // 4, block, 4), "int8", name="W")
+    W = te.placeholder((cout // block, kh, kw, cin // 4, *(w_tile or (block, 4))), "int8", name="W")
     B = te.placeholder((cout,), "int32", name="bias")
     M = te.placeholder((cout,), "int64", name="mult")
     S = te.placeholder((cout,), "int64", name="shift")
@@ -49,7 +60,7 @@ def conv_compute(n, hp, wp, cin, cout, kh, kw, stride, dilation, out_dtype, qmin
         (n, oh, ow, cout),
         lambda b, y, x, o: te.sum(
             X[b, y * stride[0] + rh * dilation[0], x * stride[1] + rw * dilation[1], rc].astype("int32")
-            * W[o // block, rh, rw, rc // 4, o % block, rc % 4].astype("int32"), axis=[rh, rw, rc]),
+            * W[(o // block, rh, rw, rc // 4, *w_index(o % block, rc % 4))].astype("int32"), axis=[rh, rw, rc]),
         name="acc")
     out = te.compute((n, oh, ow, cout), lambda b, y, x, o: epilogue(acc[b, y, x, o], B[o], M[o], S[o], out_dtype, qmin, qmax),
                      name="out")

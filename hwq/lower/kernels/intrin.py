@@ -1,6 +1,6 @@
 """Tensor intrinsics hwq registers with TVM (idempotently: registering twice is an error in TVM).
 
-Both compute ``C[block] (int32) += A[4] (broadcast) . B[block, 4] (int8)``:
+All compute ``C[block] (int32) += A[4] (broadcast) . B[block, 4] (int8)``:
 
 ``hwq_dot_16x4_u8s8s32_vnni``: A uint8, one ``vpdpbusd zmm``. The TVM wheel ships such an
 intrinsic, but it passes ``<16 x i32>`` operands to ``llvm.x86.avx512.vpdpbusd.512`` while LLVM 22
@@ -9,6 +9,16 @@ the declared types.
 
 ``hwq_dot_4x4_s8s8s32_sdot``: A int8, one Armv8.2 ``sdot v.4s, v.16b, v.16b`` (each int32 lane i
 adds the dot of bytes 4i..4i+3 of both operands, so A's 4 bytes are broadcast to all four lanes).
+
+``hwq_dot_8x4_u8s8s32_avx2``: A uint8, AVX2 without VNNI: two ``vpmaddwd ymm`` and two
+``vpaddd``. ``vpmaddwd`` multiplies int16 lanes and adds adjacent pairs into int32, exactly: a
+zero-extended u8 times a sign-extended s8 is at most 255 * 128 in magnitude, a pair sum 65280.
+(``vpmaddubsw`` would read the bytes directly, but it adds its pairs into int16 with saturation,
+and 2 * 255 * 127 > 32767: not exact.) A's 4 bytes, broadcast as int32 lanes, are split into
+int16 pairs by masks, ``(A0, A2)`` and ``(A1, A3)``, so each ``vpmaddwd`` fills all 8 lanes with
+one pixel's partial sums of 8 channels and no horizontal add is needed. The tile is therefore
+stored as ``B[k % 2, c, k // 2]`` (``avx2_tile_index``): the weights meeting ``(A0, A2)`` in one
+16-byte half, those meeting ``(A1, A3)`` in the other, each sign-extended to int16 on load.
 """
 
 from __future__ import annotations
@@ -20,21 +30,30 @@ from tvm.script import tirx as T
 # import (its CUDA ones alone take about a minute of CPU time).
 VNNI_16x4 = "hwq_dot_16x4_u8s8s32_vnni"
 SDOT_4x4 = "hwq_dot_4x4_s8s8s32_sdot"
+AVX2_8x4 = "hwq_dot_8x4_u8s8s32_avx2"
+AVX2_TILE = (2, 8, 2)   # the AVX2 intrinsic's weight tile, see avx2_tile_index
 
 
-def _dot_desc(block: int, a_dtype: str):
-    """What the instruction computes: C[i] += sum_k int32(A[k]) * int32(B[i, k])."""
+def avx2_tile_index(c, k):
+    """Where weight (channel ``c``, input ``k``) sits in the AVX2 tile ``[2, 8, 2]``."""
+    return k % 2, c, k // 2
+
+
+def _dot_desc(block: int, a_dtype: str, tile=None, index=lambda c, k: (c, k)):
+    """What the instruction computes: C[i] += sum_k int32(A[k]) * int32(B[index(i, k)])."""
+    tile = tile or (block, 4)
+    whole = tuple(slice(0, d) for d in tile)
 
     @T.prim_func(s_tir=True)
-    def desc(A: T.Buffer((4,), a_dtype, offset_factor=1), B: T.Buffer((block, 4), "int8", offset_factor=1),
+    def desc(A: T.Buffer((4,), a_dtype, offset_factor=1), B: T.Buffer(tile, "int8", offset_factor=1),
              C: T.Buffer((block,), "int32", offset_factor=1)) -> None:
         with T.sblock("root"):
-            T.reads(C[0:block], A[0:4], B[0:block, 0:4])
+            T.reads(C[0:block], A[0:4], B[whole])
             T.writes(C[0:block])
             for i, k in T.grid(block, 4):
                 with T.sblock("update"):
                     vi, vk = T.axis.remap("SR", [i, k])
-                    C[vi] = C[vi] + T.cast(A[vk], "int32") * T.cast(B[vi, vk], "int32")
+                    C[vi] = C[vi] + T.cast(A[vk], "int32") * T.cast(B[index(vi, vk)], "int32")
 
     return desc
 
@@ -65,8 +84,27 @@ def _sdot_4x4_impl(A: T.Buffer((4,), "int8", offset_factor=1), B: T.Buffer((4, 4
             C.vload([0], dtype="int32x4"), B.vload([0, 0], dtype="int8x16"), a_s8x16, dtype="int32x4")
 
 
+@T.prim_func(s_tir=True)
+def _avx2_8x4_impl(A: T.Buffer((4,), "uint8", offset_factor=1), B: T.Buffer((2, 8, 2), "int8", offset_factor=1),
+                   C: T.Buffer((8,), "int32", offset_factor=1)) -> None:
+    with T.sblock("root"):
+        T.reads(C[0:8], A[0:4], B[0:2, 0:8, 0:2])
+        T.writes(C[0:8])
+        a = T.broadcast(T.reinterpret(A.vload([0], "uint8x4"), dtype="int32"), 8)   # A0 A1 A2 A3 per lane
+        low = T.broadcast(T.int32(0x00FF00FF), 8)
+        a02 = T.reinterpret(a & low, dtype="int16x16")                                # int16 pairs (A0, A2)
+        a13 = T.reinterpret((a >> T.broadcast(T.int32(8), 8)) & low, dtype="int16x16")  # (A1, A3)
+        w02 = B.vload([0, 0, 0], "int8x16").astype("int16x16")                        # vpmovsxbw
+        w13 = B.vload([1, 0, 0], "int8x16").astype("int16x16")
+        p02 = T.call_llvm_pure_intrin(T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.wd"), a02, w02, dtype="int32x8")
+        p13 = T.call_llvm_pure_intrin(T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.wd"), a13, w13, dtype="int32x8")
+        # the two products first: one vpaddd per step on the accumulator's dependency chain
+        C[T.ramp(T.int32(0), 1, 8)] = C.vload([0], dtype="int32x8") + (p02 + p13)
+
+
 _INTRINSICS = {VNNI_16x4: (lambda: _dot_desc(16, "uint8"), _vnni_16x4_impl),
-               SDOT_4x4: (lambda: _dot_desc(4, "int8"), _sdot_4x4_impl)}
+               SDOT_4x4: (lambda: _dot_desc(4, "int8"), _sdot_4x4_impl),
+               AVX2_8x4: (lambda: _dot_desc(8, "uint8", AVX2_TILE, avx2_tile_index), _avx2_8x4_impl)}
 
 
 def register() -> None:

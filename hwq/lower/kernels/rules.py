@@ -9,10 +9,12 @@ import tvm
 from tvm import te, tirx
 
 from hwq import qgraph as qg
-from hwq.lower.kernels import arm_dotprod, cpu_depthwise, dot_conv, tuning, x86_vnni
+from hwq.lower.kernels import arm_dotprod, cpu_depthwise, cuda_dp4a, dot_conv, tuning, x86_avx2, x86_vnni
+from hwq.lower.kernels.conv_params import conv_geometry, folded_bias, requant_params
 from hwq.target import Target
 
-_NHWC_FEATURES = (x86_vnni.FEATURE, arm_dotprod.FEATURE)   # targets where the dot-product kernels apply
+# per target kind, the features for which hwq has NHWC dot-product kernels
+_NHWC_FEATURES = {"cpu": (x86_vnni.FEATURE, x86_avx2.FEATURE, arm_dotprod.FEATURE), "cuda": (cuda_dp4a.FEATURE,)}
 _OPAQUE = 8   # relax's kOpaque op pattern: FuseOps must not merge other ops into a scheduled kernel
 
 
@@ -58,7 +60,7 @@ _SHIFT_INTO = {"uint8": 128, "int8": -128}   # kernel dtype -> offset taking the
 class DotConv2d:
     """conv2d (groups == 1) and dense on a 4-byte dot-product instruction, NHWC, fused epilogue.
 
-    ``isa`` is the module that describes the instruction (``x86_vnni``, ``arm_dotprod``): the
+    ``isa`` is the module that describes the instruction (``x86_vnni``, ``x86_avx2``, ``arm_dotprod``): the
     target feature it needs, its output-channel block, the dtype it reads activations in, its
     compute / schedule / weight packing and its register tiles.
     """
@@ -70,25 +72,16 @@ class DotConv2d:
         isa = self.isa
         if target.kind != "cpu" or not target.has_feature(isa.FEATURE) or in_info.dtype not in _SHIFT_INTO:
             return None
-        if node.op == "conv2d":
-            if node.groups != 1:
-                return None
-            w = node.weight
-            kh, kw = w.shape[2:]
-            (sh, sw), (dh, dw), (ph, pw) = node.stride, node.dilation, node.padding
-            h, wd = in_info.shape[1] + 2 * ph, in_info.shape[2] + 2 * pw
-        elif node.op == "dense":
-            w = node.weight[:, :, None, None]
-            kh = kw = sh = sw = dh = dw = 1
-            ph = pw = 0
-            h = wd = 1
-        else:
+        geo = conv_geometry(node, in_info)
+        if geo is None:
             return None
+        w, kh, kw, h, wd = geo.w, geo.kh, geo.kw, geo.h, geo.wd
+        (sh, sw), (dh, dw), (ph, pw) = geo.stride, geo.dilation, geo.pad
         cout, cin = w.shape[:2]
         offset = 0 if in_info.dtype == isa.IN_DTYPE else _SHIFT_INTO[isa.IN_DTYPE]
-        # (x + offset) . w = x . w + offset * sum(w): subtract the second term through the bias
-        bias = np.zeros(_round_up(cout, isa.BLOCK), np.int64)
-        bias[:cout] = node.bias.astype(np.int64) - offset * w.reshape(cout, -1).astype(np.int64).sum(1)
+        bias = folded_bias(node, w, offset, _round_up(cout, isa.BLOCK))
+        if bias is None:
+            return None
         pre = None
         if cin < 4 and kh * kw > 1:
             # A tap of 1-3 channels would fill one 4-byte dot with zeros: gather the whole window
@@ -105,19 +98,11 @@ class DotConv2d:
         cin_p, cout_p = _round_up(cin, 4), _round_up(cout, isa.BLOCK)
         wp = np.zeros((cout_p, cin_p, kh, kw), np.int8)
         wp[:cout, :cin] = w
-        if np.abs(bias).max() >= 2 ** 31:
-            return None
-        rq = node.requant
-        mult = np.ones(cout_p, np.int64)
-        shift = np.ones(cout_p, np.int64)
-        if rq is not None:
-            mult[:cout] = np.broadcast_to(rq.multiplier, (cout,))
-            shift[:cout] = np.broadcast_to(rq.shift, (cout,))
+        mult, shift, qmin, qmax = requant_params(node.requant, cout, cout_p)
         out_dtype = out_info.dtype
-        qmin, qmax = (rq.qmin, rq.qmax) if rq is not None else (0, 0)
         oh = (h - dh * (kh - 1) - 1) // sh + 1
         ow = (wd - dw * (kw - 1) - 1) // sw + 1
-        key = tuning.conv_key(h, wd, cin_p, cout_p, kh, kw, (sh, sw), (dh, dw), out_dtype)
+        key = tuning.conv_key(h, wd, cin_p, cout_p, kh, kw, (sh, sw), (dh, dw), out_dtype, self.name)
         tile = self.tile_for(key, target, ow, cout_p)
 
         def build(t):
@@ -175,7 +160,9 @@ class CpuDepthwise:
                       (h, wd, c), build, candidates, in_info.dtype)
 
 
-RULES = (DotConv2d("x86-avx512-vnni", x86_vnni), DotConv2d("arm-dotprod", arm_dotprod), CpuDepthwise())
+# Order matters: a CPU with VNNI also has AVX2 and must get the VNNI kernel.
+RULES = (DotConv2d("x86-avx512-vnni", x86_vnni), DotConv2d("x86-avx2", x86_avx2), DotConv2d("arm-dotprod", arm_dotprod),
+         CpuDepthwise(), cuda_dp4a.CudaDp4aConv2d())
 
 
 def select_kernel(node, in_info, out_info, target: Target | None, rules=RULES) -> Kernel | None:
@@ -191,6 +178,6 @@ def select_kernel(node, in_info, out_info, target: Target | None, rules=RULES) -
 
 def layout_for(target: Target | None) -> str:
     """Activation layout of the whole graph: NHWC where hwq has kernels for the target, else NCHW."""
-    if target is not None and target.kind == "cpu" and any(target.has_feature(f) for f in _NHWC_FEATURES):
+    if target is not None and any(target.has_feature(f) for f in _NHWC_FEATURES.get(target.kind, ())):
         return "NHWC"
     return "NCHW"

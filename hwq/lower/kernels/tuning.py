@@ -21,9 +21,14 @@ TUNED_DIR = Path(__file__).resolve().parent / "tuned"
 FORMAT_VERSION = 1
 
 
-def conv_key(h, w, cin, cout, kh, kw, stride, dilation, out_dtype) -> str:
-    """Workload key of a padded-input NHWC conv kernel (channels already rounded up)."""
-    return f"conv2d_nhwc:{h}x{w}x{cin}->{cout}:k{kh}x{kw}:s{stride[0]}x{stride[1]}:d{dilation[0]}x{dilation[1]}:{out_dtype}"
+def conv_key(h, w, cin, cout, kh, kw, stride, dilation, out_dtype, kernel) -> str:
+    """Workload key of a padded-input NHWC conv kernel (channels already rounded up).
+
+    It names the kernel: one target file (``x86-host``) may build the VNNI kernel on one machine
+    and the AVX2 one on another, and a tile of one means nothing to the other.
+    """
+    return (f"conv2d_nhwc:{h}x{w}x{cin}->{cout}:k{kh}x{kw}:s{stride[0]}x{stride[1]}:d{dilation[0]}x{dilation[1]}:"
+            f"{out_dtype}:{kernel}")
 
 
 def _path(target_name: str) -> Path:

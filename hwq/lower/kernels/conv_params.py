@@ -1,0 +1,68 @@
+"""What every integer conv / dense kernel reads off a ``QGraph`` node: geometry, the bias with the
+input offset folded in, and the requantization arrays padded to the kernel's channel count."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from hwq import qgraph as qg
+
+
+@dataclass(frozen=True)
+class ConvGeometry:
+    """A conv2d (groups == 1) or a dense layer seen as a 1x1 conv on a 1x1 image.
+
+    ``w`` is the int8 weight in OIHW; ``h``, ``wd`` the input size after padding by ``pad``
+    (rows, columns; the same on both sides).
+    """
+
+    w: np.ndarray
+    kh: int
+    kw: int
+    stride: tuple
+    dilation: tuple
+    pad: tuple
+    h: int
+    wd: int
+
+    @property
+    def out_hw(self) -> tuple:
+        (sh, sw), (dh, dw) = self.stride, self.dilation
+        return (self.h - dh * (self.kh - 1) - 1) // sh + 1, (self.wd - dw * (self.kw - 1) - 1) // sw + 1
+
+
+def conv_geometry(node, in_info: qg.TensorInfo) -> ConvGeometry | None:
+    """The geometry of a groups == 1 conv2d or a dense node; None for anything else."""
+    if node.op == "conv2d" and node.groups == 1:
+        (ph, pw) = node.padding
+        kh, kw = node.weight.shape[2:]
+        return ConvGeometry(node.weight, kh, kw, tuple(node.stride), tuple(node.dilation), (ph, pw),
+                            in_info.shape[1] + 2 * ph, in_info.shape[2] + 2 * pw)
+    if node.op == "dense":
+        return ConvGeometry(node.weight[:, :, None, None], 1, 1, (1, 1), (1, 1), (0, 0), 1, 1)
+    return None
+
+
+def folded_bias(node, w: np.ndarray, offset: int, cout_p: int) -> np.ndarray | None:
+    """int64 bias of ``cout_p`` channels for a kernel that reads ``x + offset`` instead of ``x``.
+
+    ``(x + offset) . w = x . w + offset * sum(w)``: the second term is subtracted here. None when
+    the result does not fit int32 (the kernel cannot take the layer).
+    """
+    cout = w.shape[0]
+    bias = np.zeros(cout_p, np.int64)
+    bias[:cout] = node.bias.astype(np.int64) - offset * w.reshape(cout, -1).astype(np.int64).sum(1)
+    return None if np.abs(bias).max() >= 2 ** 31 else bias
+
+
+def requant_params(rq: qg.Requant | None, cout: int, cout_p: int) -> tuple:
+    """(multiplier, shift, qmin, qmax) with per-channel arrays of ``cout_p`` int64 entries (padding
+    channels get multiplier 1, shift 1); an int32 output (``rq`` None) gets the same placeholders."""
+    mult, shift = np.ones(cout_p, np.int64), np.ones(cout_p, np.int64)
+    if rq is None:
+        return mult, shift, 0, 0
+    mult[:cout] = np.broadcast_to(rq.multiplier, (cout,))
+    shift[:cout] = np.broadcast_to(rq.shift, (cout,))
+    return mult, shift, rq.qmin, rq.qmax
