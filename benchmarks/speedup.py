@@ -148,7 +148,8 @@ def _layer_rates(graph):
     from hwq.timing import median_ms
 
     target = resolve_features(load_target("x86-host"))   # the kernels compile_model builds on this CPU
-    peak = target.peak_ops_per_s("int8")
+    peak_target = _describing_target()
+    peak = peak_target.peak_ops_per_s("int8")
     rows = []
     rng = np.random.default_rng(0)
     for node in graph.nodes:
@@ -168,8 +169,19 @@ def _layer_rates(graph):
         true_macs = b * int(np.prod(graph.tensors[node.output].shape)) * int(np.prod(node.weight.shape[1:]))
         ops = 2 * true_macs
         rows.append({"layer": node.name, "kernel": k.name, "batch": b, "ms": ms, "gops": ops / ms / 1e6,
-                     "fraction_of_peak": ops / (ms * 1e-3) / peak})
+                     "fraction_of_peak": ops / (ms * 1e-3) / peak, "peak_from": peak_target.name})
     return rows
+
+
+def _describing_target():
+    """The target file that describes this CPU, for its int8 peak: the one whose fixed mcpu is the
+    detected CPU (x86-avx2 on a Zen 3), else x86-host (the measured Zen 4)."""
+    from tvm.target import codegen
+
+    from hwq.target import list_targets, load_target
+
+    cpu = codegen.llvm_get_system_cpu()
+    return next((t for t in list_targets() if t.kind == "cpu" and t.tvm.get("mcpu") == cpu), load_target("x86-host"))
 
 
 def run_engine(engine, model_name, out_path):
