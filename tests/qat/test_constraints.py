@@ -126,3 +126,19 @@ def test_training_reaches_feasibility_while_the_loss_falls():
     assert report.history[-1]["max_slack"] <= 0
     assert report.history[-1]["loss"] < report.history[0]["loss"]
     assert max(row.lam for row in report.layers) > 0       # the duals did the work
+
+
+def test_ste_output_constraint_compares_with_a_frozen_float_model():
+    # with the trained weights on both sides, one confident class everywhere would satisfy any bound
+    torch.manual_seed(0)
+    model = Tiny().eval()
+    x, y = _task()
+    prepared = quantize_(model, BitPlan(default=LayerSpec(4, 4)), calibration=x).eval()
+    lag = Lagrangian(prepared, QATConfig(gradient_mode="ste", eps_output=0.5))
+    with torch.no_grad():
+        for layer in lag.layers:
+            layer.weight.mul_(0.5)                 # training moved the weights
+        _, g, out_q = lag(x, y)
+        out_fp = model(x)                          # the float model training started from
+    assert torch.allclose(g[-1], -(F.softmax(out_fp, 1) * F.log_softmax(out_q, 1)).sum(1).mean(), rtol=1e-5)
+    assert list(lag.state_dict()) == [f"model.{k}" for k in prepared.state_dict()]   # no copy in checkpoints
