@@ -4,8 +4,11 @@ Two experiments, every model fine-tuned from the cached float checkpoint (the de
 the full training split) and evaluated on the full 10 000-image test set:
 
 1. Uniform precision W8A8, W4A4, W2A2: post-training quantization (min/max calibration) vs STE
-   QAT (the constraints only measured, λ = 0) vs constrained QAT with STE gradients vs constrained
-   QAT with the paper's float-path gradients.
+   QAT (the constraints only measured, λ = 0) vs constrained QAT with STE gradients (per-layer
+   constraints; and with the output constraint CE(softmax(fp), q) <= 0.3 added, the fp side a
+   frozen copy of the float model) vs constrained QAT with the paper's float-path gradients.
+   At W4A4 the three STE runs are repeated with two more seeds (data order), to see how much of
+   their difference is the seed.
 2. Layer selection (Hounie et al.): the duals of the constrained W2A2 runs rank the layers; keep
    k layers in W8A8 and the rest in W2A2, for every k-subset of the 5 layers (k = 1, 2), retrain
    each with STE QAT, and compare the subset of largest Σλ (top-k) with the smallest (bottom-k) and
@@ -16,7 +19,7 @@ Accuracies are those of the fake-quantized models, which compute the same intege
 converted integer programs (tests/qat/test_prepare_convert.py); for every uniform run the
 converted program's predictions are also compared with the fake-quant model's on 500 test images.
 
-    .venv/bin/python benchmarks/qat_study.py          # ~20 min on 2 cores; results/qat_study.{json,png}
+    .venv/bin/python benchmarks/qat_study.py          # ~15 min on 2 quiet cores; results/qat_study.{json,png}
 """
 
 from __future__ import annotations
@@ -43,10 +46,12 @@ from hwq.timing import environment
 RESULTS = Path(__file__).resolve().parent / "results"
 LAYERS = ("stem.0", "down.0", "block1.0", "block2.0", "fc")
 EPS = {8: 0.001, 4: 0.02, 2: 0.1}             # per-layer bound on the relative output MSE, by bit width
-METHODS = {                                    # name -> (gradient mode, dual lr, primal lr)
-    "STE QAT": ("ste", 0.0, 5e-4),
-    "constrained QAT (STE grads)": ("ste", 10.0, 5e-4),
-    "constrained QAT (fp grads, paper)": ("fp", 10.0, 1e-4),
+EPS_OUTPUT = 0.3   # output constraint: CE(softmax(fp), q) <= 0.3; the float model's own entropy is 0.28
+METHODS = {                                    # name -> (gradient mode, dual lr, primal lr, output constraint)
+    "STE QAT": ("ste", 0.0, 5e-4, None),
+    "constrained QAT (STE grads)": ("ste", 10.0, 5e-4, None),
+    "constrained QAT + output (STE grads)": ("ste", 10.0, 5e-4, EPS_OUTPUT),
+    "constrained QAT (fp grads, paper)": ("fp", 10.0, 1e-4, None),
 }
 
 
@@ -55,10 +60,11 @@ def _dataset(split, n=0, seed=0):
     return TensorDataset(to_float_input(s.images), torch.from_numpy(s.labels))
 
 
-def _qat(model, plan, calib, train_set, test_set, method, epochs, eps):
-    mode, dual_lr, lr = METHODS[method]
+def _qat(model, plan, calib, train_set, test_set, method, epochs, eps, seed=0):
+    mode, dual_lr, lr, eps_output = METHODS[method]
     prepared = quantize_(model, plan, calibration=calib, range_mode="learned")
-    config = QATConfig(epochs=epochs, lr=lr, dual_lr=dual_lr, eps=eps, gradient_mode=mode, dual_period=5)
+    config = QATConfig(epochs=epochs, lr=lr, dual_lr=dual_lr, eps=eps, eps_output=eps_output, gradient_mode=mode,
+                       dual_period=5, seed=seed)
     t0 = time.time()
     report = train_constrained(prepared, train_set, config, progress=False, log=lambda s: None)
     seconds = time.time() - t0
@@ -149,12 +155,30 @@ def selection(model, calib, train_set, test_set, epochs, lambdas_by_source, log,
     return out
 
 
+def seed_spread(model, calib, train_set, test_set, epochs, result, seeds, log):
+    """W4A4 STE QAT vs constrained QAT (STE grads) again with other seeds (data order): how much of
+    the difference between them is the seed. Seed 0 is the uniform experiment's run."""
+    out = {}
+    for method in ("STE QAT", "constrained QAT (STE grads)", "constrained QAT + output (STE grads)"):
+        accs = [next(r["accuracy"] for r in result["uniform"] if r["bits"] == 4 and r["method"] == method)]
+        for seed in seeds:
+            _, _, acc, seconds = _qat(model, BitPlan(default=LayerSpec(4, 4)), calib, train_set, test_set, method,
+                                      epochs, EPS[4], seed=seed)
+            accs.append(acc)
+            log(f"W4A4 {method}, seed {seed}: {acc:.2f}% ({seconds:.0f} s)")
+        out[method] = {"seeds": [0, *seeds], "accuracy": accs, "mean": float(np.mean(accs)), "std": float(np.std(accs))}
+    return out
+
+
 def table(result) -> str:
     lines = [f"ResCNN, Fashion-MNIST test set ({result['test_images']} images): fp32 {result['fp32_accuracy']:.2f}%", "",
              f"{'bits':6s} {'method':36s} {'top-1 %':>8s} {'vs fp32':>8s} {'int==fq':>8s}"]
     for r in result["uniform"]:
         lines.append(f"W{r['bits']}A{r['bits']:<3d} {r['method']:36s} {r['accuracy']:8.2f} "
                      f"{r['accuracy'] - result['fp32_accuracy']:+8.2f} {100 * r['integer_agreement']:7.1f}%")
+    for method, r in result.get("w4a4_seeds", {}).items():
+        lines.append(f"W4A4 {method} over seeds {r['seeds']}: " + ", ".join(f"{a:.2f}" for a in r["accuracy"])
+                     + f" -> {r['mean']:.2f} ± {r['std']:.2f}%")
     sel = result["selection"]
     lines += ["", f"layer selection: k layers in W8A8, the rest W2A2; uniform W2A2 under the same schedule: "
                   f"{sel['base_accuracy']:.2f}%"]
@@ -210,7 +234,31 @@ def main(argv=None) -> int:
     p.add_argument("--epochs", type=int, default=1)
     p.add_argument("--test-subset", type=int, default=0, help="evaluate on this many test images (0 = all; for a smoke run)")
     p.add_argument("--out", default=str(RESULTS / "qat_study.json"))
+    p.add_argument("--render", metavar="JSON", help="print the table and draw the plot of an earlier run's JSON, no training")
+    p.add_argument("--add-seeds", metavar="JSON", help="rerun the W4A4 STE and constrained (STE) QAT of an earlier run "
+                                                       "with --seeds and add the spread to its JSON")
+    p.add_argument("--seeds", default="1,2", help="extra seeds for --add-seeds (default 1,2)")
     args = p.parse_args(argv)
+    if args.add_seeds:
+        result = json.loads(Path(args.add_seeds).read_text())
+        settings = result["settings"]
+        torch.manual_seed(0)
+        train = load_fashion_mnist("train")
+        model, _ = load_or_train(ResCNN(), train, TrainConfig(epochs=3))
+        calib = to_float_input(train.subset(settings["calibration_images"], seed=1).images)
+        test = load_fashion_mnist("test")
+        if result["test_images"] != len(test):
+            test = test.subset(result["test_images"], seed=0)
+        result["w4a4_seeds"] = seed_spread(model, calib, _dataset(train, settings["train_subset"], seed=2), _dataset(test),
+                                           settings["epochs"], result, [int(s) for s in args.seeds.split(",")],
+                                           lambda s: print(s, flush=True))
+        Path(args.add_seeds).write_text(json.dumps(result, indent=2))
+        args.render = args.add_seeds
+    if args.render:
+        result = json.loads(Path(args.render).read_text())
+        plot(result, Path(args.render).with_suffix(".png"))
+        print(table(result))
+        return 0
     log = lambda s: print(s, flush=True)  # noqa: E731
     t0 = time.time()
     torch.manual_seed(0)
@@ -225,9 +273,11 @@ def main(argv=None) -> int:
     rows = uniform(model, calib, _dataset(train, args.train_subset, seed=2), test_set, args.epochs, log)
     sources = {f"{r['method']} at W2A2": r["lambdas"] for r in rows if r["bits"] == 2 and r["method"].startswith("constrained")}
     sel = selection(model, calib, _dataset(train, args.selection_subset, seed=3), test_set, args.epochs, sources, log)
-    result = {"fp32_accuracy": fp32, "test_images": len(test), "uniform": rows, "selection": sel, "environment": environment(),
+    seeds = seed_spread(model, calib, _dataset(train, args.train_subset, seed=2), test_set, args.epochs,
+                        {"uniform": rows}, [int(s) for s in args.seeds.split(",")], log)
+    result = {"fp32_accuracy": fp32, "test_images": len(test), "uniform": rows, "selection": sel, "w4a4_seeds": seeds, "environment": environment(),
               "settings": {"train_subset": args.train_subset, "selection_subset": args.selection_subset,
-                           "epochs": args.epochs, "eps": EPS, "methods": {k: dict(zip(("gradient_mode", "dual_lr", "lr"), v))
+                           "epochs": args.epochs, "eps": EPS, "methods": {k: dict(zip(("gradient_mode", "dual_lr", "lr", "eps_output"), v))
                                                                           for k, v in METHODS.items()},
                            "range_mode": "learned", "dual_period": 5, "batch_size": 128, "calibration_images": 1024,
                            "float_model": "ResCNN, 3 epochs on the full training split (the demo's cached checkpoint)"},
