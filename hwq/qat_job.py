@@ -18,11 +18,10 @@ import numpy as np
 import torch
 from torch.utils.data import TensorDataset
 
-from hwq.errors import ConfigError, TargetError
+from hwq.errors import ConfigError, TargetError, choices
 from hwq.plan import BitPlan, LayerSpec
 from hwq.qat.config import QATConfig
-
-RANGE_MODES = ("calibrated", "learned")
+from hwq.spec import RANGE_MODES
 
 
 @dataclass(frozen=True)
@@ -55,7 +54,7 @@ class TrainJobConfig:
     def __post_init__(self):
         LayerSpec(self.weight_bits, self.act_bits)            # validates the bits
         if self.range_mode not in RANGE_MODES:
-            raise ConfigError(f"range_mode {self.range_mode!r} is not one of 'calibrated', 'learned'")
+            raise ConfigError(f"range_mode {self.range_mode!r} is not one of {choices(RANGE_MODES)}")
         for name in ("train_subset", "test_subset", "float_subset"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0 (0 = all), got {getattr(self, name)!r}")

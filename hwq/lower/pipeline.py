@@ -23,41 +23,36 @@ from hwq.errors import ConfigError, choices
 from hwq.lower.kernels.injective import ScheduleInjectiveCPU
 
 
-def _cpu(target: tvm.target.Target) -> tvm.transform.Pass:
-    from tvm.relax.backend.cpu_generic import pipeline as cpu
+def _backend_pipeline(target: tvm.target.Target, backend, schedule_glue: tvm.transform.Pass, name: str):
+    """TVM's pass lists of ``backend`` around legalize, fuse and ``schedule_glue`` (hand-scheduled
+    kernels are opaque to FuseOps; the glue between them is what ``schedule_glue`` schedules)."""
 
-    @tvm.transform.module_pass(opt_level=0, name="hwq.CPUPipeline")
+    @tvm.transform.module_pass(opt_level=0, name=name)
     def _pipeline(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
         with target:
             seq = tvm.transform.Sequential(
-                cpu.library_dispatch_passes(target)
+                backend.library_dispatch_passes(target)
                 + [relax.transform.LegalizeOps(), relax.transform.AnnotateTIROpPattern(),
                    relax.transform.FoldConstant(), relax.transform.FuseOps(), relax.transform.FuseTIR(),
-                   ScheduleInjectiveCPU]
-                + cpu.dataflow_lower_passes(target)
-                + cpu.finalize_passes(target))
+                   schedule_glue]
+                + backend.dataflow_lower_passes(target)
+                + backend.finalize_passes(target))
             return seq(mod)
 
     return _pipeline
+
+
+def _cpu(target: tvm.target.Target) -> tvm.transform.Pass:
+    from tvm.relax.backend.cpu_generic import pipeline as cpu
+
+    return _backend_pipeline(target, cpu, ScheduleInjectiveCPU, "hwq.CPUPipeline")
 
 
 def _cuda(target: tvm.target.Target) -> tvm.transform.Pass:
     from tvm.relax.backend.cuda import pipeline as cuda
     from tvm.s_tir import dlight as dl
 
-    @tvm.transform.module_pass(opt_level=0, name="hwq.CUDAPipeline")
-    def _pipeline(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
-        with target:
-            seq = tvm.transform.Sequential(
-                cuda.library_dispatch_passes(target)
-                + [relax.transform.LegalizeOps(), relax.transform.AnnotateTIROpPattern(),
-                   relax.transform.FoldConstant(), relax.transform.FuseOps(), relax.transform.FuseTIR(),
-                   dl.ApplyDefaultSchedule(dl.gpu.Fallback())]
-                + cuda.dataflow_lower_passes(target)
-                + cuda.finalize_passes(target))
-            return seq(mod)
-
-    return _pipeline
+    return _backend_pipeline(target, cuda, dl.ApplyDefaultSchedule(dl.gpu.Fallback()), "hwq.CUDAPipeline")
 
 
 PIPELINES = {"cpu": _cpu, "cuda": _cuda}

@@ -1,13 +1,54 @@
-"""What every integer conv / dense kernel reads off a ``QGraph`` node: geometry, the bias with the
-input offset folded in, and the requantization arrays padded to the kernel's channel count."""
+"""What every kernel rule shares: the ``Kernel`` it returns and what it reads off a ``QGraph`` node
+(geometry, the bias with the input offset folded in, the requantization arrays padded to the
+kernel's channel count)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import numpy as np
+import tvm
 
 from hwq import qgraph as qg
+
+OPAQUE = 8   # relax's kOpaque op pattern: FuseOps must not merge other ops into a scheduled kernel
+
+
+@dataclass(frozen=True)
+class Kernel:
+    """A scheduled PrimFunc plus what the graph must do around it.
+
+    The kernel reads NHWC ``in_dtype`` data already padded by ``pad`` (top, bottom, left, right)
+    and with ``in_channels`` channels (zero channels appended), after ``input_offset`` was added
+    to take the graph's tensor into ``in_dtype`` (+128 int8 -> uint8 for VNNI, -128 uint8 -> int8
+    for sdot, 0 when the dtypes agree); padding holds ``input_offset``, the shifted real zero.
+    It writes NHWC with ``out_channels`` channels (the node's, rounded up).
+    """
+
+    name: str
+    func: tvm.tirx.PrimFunc
+    params: tuple            # numpy arrays, passed after the data: packed weight, bias, multiplier, shift
+    pad: tuple
+    in_channels: int
+    out_channels: int
+    input_offset: int
+    out_shape: tuple         # (OH, OW, out_channels), batch excluded
+    pre: tvm.tirx.PrimFunc | None = None   # im2col: reads the raw input, pads and shifts it itself
+    tile: object = None
+    workload: str = ""
+    in_shape: tuple = ()     # (H, W, C) the kernel reads, batch excluded
+    rebuild: object = None   # tile -> PrimFunc of the same workload (for tuning)
+    candidates: tuple = ()   # tiles a search may try
+    in_dtype: str = "uint8"  # what the PrimFunc reads (and ``pre`` writes)
+
+
+def round_up(v: int, m: int) -> int:
+    return (v + m - 1) // m * m
+
+
+def largest_divisor(n: int, limit: int) -> int:
+    """The largest divisor of ``n`` that is at most ``limit``."""
+    return max(d for d in range(1, min(n, limit) + 1) if n % d == 0)
 
 
 @dataclass(frozen=True)

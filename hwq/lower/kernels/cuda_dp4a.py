@@ -37,15 +37,15 @@ from tvm.script import tirx as T
 
 from hwq import qgraph as qg
 from hwq.errors import ConfigError
-from hwq.lower.kernels.conv_params import conv_geometry, folded_bias, requant_params
-from hwq.lower.kernels.dot_conv import epilogue
+from hwq.lower.kernels.conv_params import (OPAQUE, Kernel, conv_geometry, folded_bias, largest_divisor,
+                                           requant_params, round_up)
+from hwq.lower.kernels.dot_conv import packed_conv_compute
 from hwq.target import Target
 
 FEATURE = "dp4a"         # the target feature (targets/*.toml [integer] features) the kernel needs
 IN_DTYPE = "int8"        # __dp4a's signed-by-signed form
 CHANNEL_ALIGN = 4        # output channels are padded to a multiple of this
 DP4A = "hwq_dp4a_s8s8s32_cuda"
-_OPAQUE = 8              # relax's kOpaque op pattern: FuseOps must not merge other ops into the kernel
 _MAX_THREADS = 256       # per block: leaves registers for the tile at full occupancy on sm_61-sm_90
 
 
@@ -76,23 +76,8 @@ def conv_compute(n, hp, wp, cin, cout, kh, kw, stride, dilation, out_dtype, qmin
     Returns ``[X, W, bias, mult, shift, out]``; ``out`` is ``(n, OH, OW, cout)`` in ``out_dtype``
     (the int32 accumulator plus bias when ``out_dtype`` is ``'int32'``).
     """
-    oh = (hp - dilation[0] * (kh - 1) - 1) // stride[0] + 1
-    ow = (wp - dilation[1] * (kw - 1) - 1) // stride[1] + 1
-    X = te.placeholder((n, hp, wp, cin), IN_DTYPE, name="X")
-    W = te.placeholder((kh, kw, cin // 4, cout, 4), "int8", name="W")
-    B = te.placeholder((cout,), "int32", name="bias")
-    M = te.placeholder((cout,), "int64", name="mult")
-    S = te.placeholder((cout,), "int64", name="shift")
-    rh, rw, rc = te.reduce_axis((0, kh), "rh"), te.reduce_axis((0, kw), "rw"), te.reduce_axis((0, cin), "rc")
-    acc = te.compute(
-        (n, oh, ow, cout),
-        lambda b, y, x, o: te.sum(
-            X[b, y * stride[0] + rh * dilation[0], x * stride[1] + rw * dilation[1], rc].astype("int32")
-            * W[rh, rw, rc // 4, o, rc % 4].astype("int32"), axis=[rh, rw, rc]),
-        name="acc")
-    out = te.compute((n, oh, ow, cout), lambda b, y, x, o: epilogue(acc[b, y, x, o], B[o], M[o], S[o], out_dtype, qmin, qmax),
-                     name="out")
-    return [X, W, B, M, S, out]
+    return packed_conv_compute(n, hp, wp, cin, cout, kh, kw, stride, dilation, out_dtype, qmin, qmax, IN_DTYPE,
+                               (kh, kw, cin // 4, cout, 4), lambda o, rh, rw, rc: (rh, rw, rc // 4, o, rc % 4))
 
 
 @T.prim_func(s_tir=True)
@@ -201,10 +186,6 @@ def _schedule_dense(sch, acc, out, tile: CudaConvTile) -> tvm.tirx.PrimFunc:
     return _scheduled(sch)
 
 
-def _largest_divisor(n: int, limit: int) -> int:
-    return max(d for d in range(1, min(n, limit) + 1) if n % d == 0)
-
-
 def default_tile(oh: int, ow: int, cout_p: int) -> CudaConvTile:
     """The untuned tile (modelled, not measured on a GPU): 4 channels x up to 4 pixels per
     thread; up to 32 threads along the channels (a warp reads 32 neighbouring weight words), then
@@ -212,16 +193,12 @@ def default_tile(oh: int, ow: int, cout_p: int) -> CudaConvTile:
     extent, so no thread is masked off."""
     co = 4 if cout_p % 4 == 0 else 1
     if oh == ow == 1:     # dense: one image per block (see _schedule_dense), the channels in threads
-        return CudaConvTile(px=1, co=co, tp=1, tc=_largest_divisor(cout_p // co, _MAX_THREADS))
-    tc = _largest_divisor(cout_p // co, 32)
-    px = _largest_divisor(ow, 4)
-    tp = _largest_divisor(ow // px, max(1, _MAX_THREADS // tc))
-    ty = _largest_divisor(oh, max(1, _MAX_THREADS // (tc * tp)))
+        return CudaConvTile(px=1, co=co, tp=1, tc=largest_divisor(cout_p // co, _MAX_THREADS))
+    tc = largest_divisor(cout_p // co, 32)
+    px = largest_divisor(ow, 4)
+    tp = largest_divisor(ow // px, max(1, _MAX_THREADS // tc))
+    ty = largest_divisor(oh, max(1, _MAX_THREADS // (tc * tp)))
     return CudaConvTile(px=px, co=co, tp=tp, tc=tc, ty=ty)
-
-
-def _round_up(v: int, m: int) -> int:
-    return (v + m - 1) // m * m
 
 
 class CudaDp4aConv2d:
@@ -230,9 +207,6 @@ class CudaDp4aConv2d:
     name = "cuda-dp4a"
 
     def apply(self, node, in_info: qg.TensorInfo, out_info: qg.TensorInfo, target: Target):
-        # rules.py imports this module to list the rule in RULES: Kernel comes from there at call time
-        from hwq.lower.kernels.rules import Kernel
-
         if target.kind != "cuda" or not target.has_feature(FEATURE) or in_info.dtype not in ("int8", "uint8"):
             return None
         geo = conv_geometry(node, in_info)
@@ -241,7 +215,7 @@ class CudaDp4aConv2d:
         w, kh, kw, h, wd = geo.w, geo.kh, geo.kw, geo.h, geo.wd
         (sh, sw), (dh, dw), (ph, pw) = geo.stride, geo.dilation, geo.pad
         cout, cin = w.shape[:2]
-        cin_p, cout_p = _round_up(cin, 4), _round_up(cout, CHANNEL_ALIGN)
+        cin_p, cout_p = round_up(cin, 4), round_up(cout, CHANNEL_ALIGN)
         offset = 0 if in_info.dtype == IN_DTYPE else -128
         bias = folded_bias(node, w, offset, cout_p)
         if bias is None:
@@ -253,7 +227,7 @@ class CudaDp4aConv2d:
         tile = default_tile(oh, ow, cout_p)
         args = conv_compute(tirx.Var("n", "int64"), h, wd, cin_p, cout_p, kh, kw, (sh, sw), (dh, dw),
                             out_info.dtype, qmin, qmax)
-        func = schedule_conv(te.create_prim_func(args), tile).with_attr("op_pattern", _OPAQUE)
+        func = schedule_conv(te.create_prim_func(args), tile).with_attr("op_pattern", OPAQUE)
         params = (pack_conv_weight(wp), bias.astype(np.int32), mult, shift)
         key = (f"cuda_conv_nhwc:{h}x{wd}x{cin_p}->{cout_p}:k{kh}x{kw}:s{sh}x{sw}:d{dh}x{dw}:"
                f"{in_info.dtype}->{out_info.dtype}")

@@ -48,10 +48,23 @@ def conv_compute(n, hp, wp, cin, cout, kh, kw, stride, dilation, out_dtype, qmin
     in which weight (channel c, input k) sits at ``w_index(c, k)``: an ISA whose instruction pairs
     the inputs differently (``x86_avx2``) packs its tile in that order.
     """
+    return packed_conv_compute(
+        n, hp, wp, cin, cout, kh, kw, stride, dilation, out_dtype, qmin, qmax, in_dtype,
+        (cout // block, kh, kw, cin // 4, *(w_tile or (block, 4))),
+        lambda o, rh, rw, rc: (o // block, rh, rw, rc // 4, *w_index(o % block, rc % 4)))
+
+
+def packed_conv_compute(n, hp, wp, cin, cout, kh, kw, stride, dilation, out_dtype, qmin, qmax, in_dtype, w_shape, w_at):
+    """The integer NHWC conv of every hwq kernel, for any packed weight layout: ``W`` has shape
+    ``w_shape`` and weight (output o, tap rh, rw, input rc) is ``W[w_at(o, rh, rw, rc)]``.
+
+    Returns ``[X, W, bias, mult, shift, out]``; ``out`` is ``(n, OH, OW, cout)`` in ``out_dtype``
+    (the int32 accumulator plus bias when ``out_dtype`` is ``'int32'``).
+    """
     oh = (hp - dilation[0] * (kh - 1) - 1) // stride[0] + 1
     ow = (wp - dilation[1] * (kw - 1) - 1) // stride[1] + 1
     X = te.placeholder((n, hp, wp, cin), in_dtype, name="X")
-    W = te.placeholder((cout // block, kh, kw, cin // 4, *(w_tile or (block, 4))), "int8", name="W")
+    W = te.placeholder(w_shape, "int8", name="W")
     B = te.placeholder((cout,), "int32", name="bias")
     M = te.placeholder((cout,), "int64", name="mult")
     S = te.placeholder((cout,), "int64", name="shift")
@@ -60,7 +73,7 @@ def conv_compute(n, hp, wp, cin, cout, kh, kw, stride, dilation, out_dtype, qmin
         (n, oh, ow, cout),
         lambda b, y, x, o: te.sum(
             X[b, y * stride[0] + rh * dilation[0], x * stride[1] + rw * dilation[1], rc].astype("int32")
-            * W[(o // block, rh, rw, rc // 4, *w_index(o % block, rc % 4))].astype("int32"), axis=[rh, rw, rc]),
+            * W[w_at(o, rh, rw, rc)].astype("int32"), axis=[rh, rw, rc]),
         name="acc")
     out = te.compute((n, oh, ow, cout), lambda b, y, x, o: epilogue(acc[b, y, x, o], B[o], M[o], S[o], out_dtype, qmin, qmax),
                      name="out")

@@ -2,58 +2,17 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
-import tvm
 from tvm import te, tirx
 
 from hwq import qgraph as qg
 from hwq.lower.kernels import arm_dotprod, cpu_depthwise, cuda_dp4a, dot_conv, tuning, x86_avx2, x86_vnni
-from hwq.lower.kernels.conv_params import conv_geometry, folded_bias, requant_params
+from hwq.lower.kernels.conv_params import (OPAQUE, Kernel, conv_geometry, folded_bias, largest_divisor,
+                                           requant_params, round_up)
 from hwq.target import Target
 
 # per target kind, the features for which hwq has NHWC dot-product kernels
 _NHWC_FEATURES = {"cpu": (x86_vnni.FEATURE, x86_avx2.FEATURE, arm_dotprod.FEATURE), "cuda": (cuda_dp4a.FEATURE,)}
-_OPAQUE = 8   # relax's kOpaque op pattern: FuseOps must not merge other ops into a scheduled kernel
-
-
-@dataclass(frozen=True)
-class Kernel:
-    """A scheduled PrimFunc plus what the graph must do around it.
-
-    The kernel reads NHWC ``in_dtype`` data already padded by ``pad`` (top, bottom, left, right)
-    and with ``in_channels`` channels (zero channels appended), after ``input_offset`` was added
-    to take the graph's tensor into ``in_dtype`` (+128 int8 -> uint8 for VNNI, -128 uint8 -> int8
-    for sdot, 0 when the dtypes agree); padding holds ``input_offset``, the shifted real zero.
-    It writes NHWC with ``out_channels`` channels (the node's, rounded up).
-    """
-
-    name: str
-    func: tvm.tirx.PrimFunc
-    params: tuple            # numpy arrays, passed after the data: packed weight, bias, multiplier, shift
-    pad: tuple
-    in_channels: int
-    out_channels: int
-    input_offset: int
-    out_shape: tuple         # (OH, OW, out_channels), batch excluded
-    pre: tvm.tirx.PrimFunc | None = None   # im2col: reads the raw input, pads and shifts it itself
-    tile: object = None
-    workload: str = ""
-    in_shape: tuple = ()     # (H, W, C) the kernel reads, batch excluded
-    rebuild: object = None   # tile -> PrimFunc of the same workload (for tuning)
-    candidates: tuple = ()   # tiles a search may try
-    in_dtype: str = "uint8"  # what the PrimFunc reads (and ``pre`` writes)
-
-
-def _round_up(v: int, m: int) -> int:
-    return (v + m - 1) // m * m
-
-
-def _largest_divisor(n: int, limit: int) -> int:
-    return max(d for d in range(1, min(n, limit) + 1) if n % d == 0)
-
-
 _SHIFT_INTO = {"uint8": 128, "int8": -128}   # kernel dtype -> offset taking the other 8-bit dtype into it
 
 
@@ -79,7 +38,7 @@ class DotConv2d:
         (sh, sw), (dh, dw), (ph, pw) = geo.stride, geo.dilation, geo.pad
         cout, cin = w.shape[:2]
         offset = 0 if in_info.dtype == isa.IN_DTYPE else _SHIFT_INTO[isa.IN_DTYPE]
-        bias = folded_bias(node, w, offset, _round_up(cout, isa.BLOCK))
+        bias = folded_bias(node, w, offset, round_up(cout, isa.BLOCK))
         if bias is None:
             return None
         pre = None
@@ -89,13 +48,13 @@ class DotConv2d:
             _, h0, w0 = in_info.shape
             pre = dot_conv.schedule_im2col(te.create_prim_func(dot_conv.im2col_compute(
                 tirx.Var("n", "int64"), h0, w0, cin, in_info.dtype, kh, kw, (sh, sw), (dh, dw), (ph, ph, pw, pw),
-                _round_up(kh * kw * cin, 4), offset, isa.IN_DTYPE))).with_attr("op_pattern", _OPAQUE)
+                round_up(kh * kw * cin, 4), offset, isa.IN_DTYPE))).with_attr("op_pattern", OPAQUE)
             ph = pw = 0
             h = (h - dh * (kh - 1) - 1) // sh + 1
             wd = (wd - dw * (kw - 1) - 1) // sw + 1
             w = w.transpose(0, 2, 3, 1).reshape(cout, kh * kw * cin, 1, 1)   # (i, j, c) patch order
             cin, kh, kw, sh, sw, dh, dw = kh * kw * cin, 1, 1, 1, 1, 1, 1
-        cin_p, cout_p = _round_up(cin, 4), _round_up(cout, isa.BLOCK)
+        cin_p, cout_p = round_up(cin, 4), round_up(cout, isa.BLOCK)
         wp = np.zeros((cout_p, cin_p, kh, kw), np.int8)
         wp[:cout, :cin] = w
         mult, shift, qmin, qmax = requant_params(node.requant, cout, cout_p)
@@ -108,7 +67,7 @@ class DotConv2d:
         def build(t):
             args = isa.conv_compute(tirx.Var("n", "int64"), h, wd, cin_p, cout_p, kh, kw, (sh, sw), (dh, dw),
                                     out_dtype, qmin, qmax)
-            return isa.schedule_conv(te.create_prim_func(args), t).with_attr("op_pattern", _OPAQUE)
+            return isa.schedule_conv(te.create_prim_func(args), t).with_attr("op_pattern", OPAQUE)
 
         params = (isa.pack_conv_weight(wp), bias.astype(np.int32), mult, shift)
         return Kernel(self.name, build(tile), params, (ph, ph, pw, pw), cin_p, cout_p, offset, (oh, ow, cout_p),
@@ -137,22 +96,19 @@ class CpuDepthwise:
         h, wd = in_info.shape[1] + 2 * ph, in_info.shape[2] + 2 * pw
         oh = (h - dh * (kh - 1) - 1) // sh + 1
         ow = (wd - dw * (kw - 1) - 1) // sw + 1
-        rq = node.requant
-        mult = np.ones(c, np.int64) if rq is None else np.broadcast_to(rq.multiplier, (c,)).astype(np.int64)
-        shift = np.ones(c, np.int64) if rq is None else np.broadcast_to(rq.shift, (c,)).astype(np.int64)
-        qmin, qmax = (rq.qmin, rq.qmax) if rq is not None else (0, 0)
+        mult, shift, qmin, qmax = requant_params(node.requant, c, c)
         key = f"depthwise_nhwc:{h}x{wd}x{c}:k{kh}x{kw}:s{sh}x{sw}:d{dh}x{dw}:{in_info.dtype}->{out_info.dtype}"
         tuned = tuning.load_configs(target.name).get(key)
         tile = (cpu_depthwise.DepthwiseTile(tuned["tw"], tuned["cb"]) if tuned is not None else
-                cpu_depthwise.DepthwiseTile(tw=_largest_divisor(ow, 8), cb=2 if (c // 16) % 2 == 0 else 1))
+                cpu_depthwise.DepthwiseTile(tw=largest_divisor(ow, 8), cb=2 if (c // 16) % 2 == 0 else 1))
 
         def build(t):
             args = cpu_depthwise.depthwise_compute(tirx.Var("n", "int64"), h, wd, c, in_info.dtype, kh, kw, (sh, sw),
                                                    (dh, dw), out_info.dtype, qmin, qmax)
-            return cpu_depthwise.schedule_depthwise(te.create_prim_func(args), t).with_attr("op_pattern", _OPAQUE)
+            return cpu_depthwise.schedule_depthwise(te.create_prim_func(args), t).with_attr("op_pattern", OPAQUE)
 
         w = np.ascontiguousarray(node.weight[:, 0].transpose(1, 2, 0))        # [KH, KW, C]
-        params = (w, node.bias.astype(np.int32), np.ascontiguousarray(mult), np.ascontiguousarray(shift))
+        params = (w, node.bias.astype(np.int32), mult, shift)
         candidates = tuple(cpu_depthwise.DepthwiseTile(tw, cb) for cb in (1, 2, 4) if (c // 16) % cb == 0
                            for tw in sorted((d for d in range(1, min(ow, 14) + 1) if ow % d == 0), reverse=True)
                            if tw * cb <= 24)
