@@ -114,6 +114,13 @@ class Target:
         """True when code for this target is linked by a cross compiler (it runs elsewhere)."""
         return self.cross_compiler != ""
 
+    @property
+    def host_triple(self) -> str:
+        """LLVM triple of the CPU that runs the model's host code: the target's own for a CPU
+        target, its ``[tvm.host]`` one for a GPU target; ``''`` means the build machine's."""
+        spec = self.tvm if self.kind == "cpu" else self.tvm.get("host", {})
+        return spec.get("mtriple", "")
+
     def tvm_dict(self) -> dict[str, Any]:
         """A deep copy of the ``[tvm]`` table, safe to edit before handing it to TVM."""
         return copy.deepcopy(self.tvm)

@@ -50,8 +50,7 @@ def save_artifact(executable, path, target, graph_json: str, fcompile=None) -> P
             "hwq_version": hwq.__version__, "tvm_version": tvm.__version__,
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             # a CUDA target's triple is its host CPU's
-            "target": target.name, "target_kind": target.kind,
-            "target_triple": target.tvm.get("mtriple") or target.tvm.get("host", {}).get("mtriple", ""),
+            "target": target.name, "target_kind": target.kind, "target_triple": target.host_triple,
             "library": LIBRARY, "sha256": _sha256(lib),
             "graph": json.loads(graph_json),
         }

@@ -20,15 +20,9 @@ from hwq.target import Target, load_target
 _HOST_ARCH = {"x86_64": "x86_64", "AMD64": "x86_64", "aarch64": "aarch64", "arm64": "aarch64"}
 
 
-def _host_triple(target: Target) -> str:
-    """The triple of the CPU that runs the model's host code ('' for the build machine's)."""
-    spec = target.tvm if target.kind == "cpu" else target.tvm.get("host", {})
-    return spec.get("mtriple", "")
-
-
 def _device(target: Target):
     """The TVM device a model built for ``target`` runs on in this process, or None if it cannot."""
-    triple = _host_triple(target)
+    triple = target.host_triple
     host = _HOST_ARCH.get(platform.machine(), platform.machine())
     if triple and not triple.startswith(host):
         return None
@@ -45,8 +39,8 @@ def _runs_here(target: Target) -> bool:
 
 def _where_it_runs(target: Target) -> str:
     if target.kind == "cuda":
-        return f"an NVIDIA GPU ({target.tvm.get('arch')}) with a {_host_triple(target) or 'matching'} host"
-    return _host_triple(target) or target.kind
+        return f"an NVIDIA GPU ({target.tvm.get('arch')}) with a {target.host_triple or 'matching'} host"
+    return target.host_triple or target.kind
 
 
 class CompiledModel:

@@ -71,6 +71,10 @@ class Lagrangian(nn.Module):
         super().__init__()
         self.model = model
         self.layers = quant_layers(model)
+        # layers with a trained (learned) scale: their quantized output needs a gradient in every mode
+        self._learned = {layer for layer in self.layers
+                         if any(p.requires_grad for fq in (layer.weight_fq, layer.out_fq) if fq is not None
+                                for p in fq.parameters())}
         self.mode, self.norm = config.gradient_mode, config.constraint_norm
         self.with_output = config.eps_output is not None
         # not a submodule: DDP and state_dict must not see it; see the module docstring for why
@@ -118,8 +122,7 @@ class Lagrangian(nn.Module):
         # f_l^q(z) from the quantized pass is reused when nothing needs its gradient: always in the
         # fp mode with calibrated scales (no gradient by design), in any mode when the constraints
         # only get measured; otherwise it is recomputed on the detached input.
-        learned = any(p.requires_grad for fq in (layer.weight_fq, layer.out_fq) if fq is not None for p in fq.parameters())
-        reuse = not torch.is_grad_enabled() or (self.mode == "fp" and not learned)
+        reuse = not torch.is_grad_enabled() or (self.mode == "fp" and layer not in self._learned)
         return layer_constraint(layer, z, self.mode, self.norm, q.detach() if reuse else None)
 
 
