@@ -57,7 +57,7 @@ def tune_model(graph: qg.QGraph, target: Target | str = "x86-host", time_budget_
 
         tile, ms, trials = tuning.tune_workload(build, k.candidates, make_args, time_budget_s)
         if tile is not None:
-            configs[key] = {**{f: v for f, v in vars(tile).items() if f != "lanes"},
+            configs[key] = {**vars(tile),
                             "ms_batch16": round(ms, 4), "trials": len(trials)}
             changed[key] = configs[key]
     if changed:

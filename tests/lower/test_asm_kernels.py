@@ -1,5 +1,5 @@
 """The dot-product kernels reach the machine code: ``vpdpbusd`` on x86 VNNI, ``vpmaddwd`` on x86
-with AVX2 only, ``sdot`` on the Pi 5.
+with AVX2 only, ``sdot`` on the Pi 5, ``smull`` + ``sadalp`` on the Pi 4.
 
 Cross builds are inspected, not run (``test_aarch64_qemu_exact.py`` runs them under qemu).
 """
@@ -32,11 +32,11 @@ def graph():
     ("x86-cascadelake", "vpdpbusd", "sdot"),   # named CPU: the same on any build machine
     ("x86-avx2", "vpmaddwd", "vpdpbusd"),      # Zen 3: no VNNI, the exact int16 pair products
     ("raspberry-pi-5", "sdot", "vpdpbusd"),
-    ("raspberry-pi-4b", None, "sdot"),            # no dotprod: the generic NCHW lowering
+    ("raspberry-pi-4b", "smull", "sdot"),      # Cortex-A72: no dot product, int16 pair products
+    ("raspberry-pi-4b", "sadalp", "sdot"),
 ])
 def test_dot_product_instruction_in_asm(graph, target, present, absent):
     asm = _asm(compile_model(graph, target))
-    if present is not None:
-        # one kernel per conv / dense, each unrolled: many instances, not a stray one
-        assert _count(asm, present) >= 5 * sum(n.op in ("conv2d", "dense") for n in graph.nodes), target
+    # one kernel per conv / dense, each unrolled: many instances, not a stray one
+    assert _count(asm, present) >= 5 * sum(n.op in ("conv2d", "dense") for n in graph.nodes), target
     assert _count(asm, absent) == 0, target

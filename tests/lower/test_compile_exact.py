@@ -1,5 +1,6 @@
 """TVM's integer build equals the torch integer reference bit for bit."""
 
+import dataclasses
 import json
 import platform
 import shutil
@@ -13,8 +14,10 @@ import tvm
 from conftest import calibrated_graph, zoo_models
 from hwq.errors import ArtifactError, TargetError
 from hwq.lower import compile_model, load_model
+from hwq.lower.kernels import layout_for
 from hwq.qat import run_reference
 from hwq.qat.reference import dequantize_output, quantize_input
+from hwq.target import load_target
 
 MODELS = zoo_models()
 
@@ -61,6 +64,19 @@ def test_avx2_build_is_bit_exact(name):
     for batch in (1, 16):
         out = cm.run_int(xi[:batch].numpy().astype(graph.input.dtype))
         assert np.array_equal(out.astype(np.int64), ref[:batch]), f"{name}: {int((out != ref[:batch]).sum())} differ"
+
+
+def test_generic_fallback_is_bit_exact():
+    """A CPU target with none of the kernels' features: TVM's generic NCHW operators, still exact."""
+    model, shape, signed = MODELS["opsnet"]
+    graph, _ = calibrated_graph(model, shape, signed)
+    plain = dataclasses.replace(load_target("x86-host"), features=())
+    assert layout_for(plain) == "NCHW"
+    cm = compile_model(graph, plain)
+    g = torch.Generator().manual_seed(5)
+    xi = quantize_input(graph, torch.randn(3, *shape, generator=g) * 1.5)
+    out = cm.run_int(xi.numpy().astype(graph.input.dtype))
+    assert np.array_equal(out.astype(np.int64), run_reference(graph, xi).numpy())
 
 
 def test_float_entry_point_matches_reference(built):

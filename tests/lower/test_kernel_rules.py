@@ -21,7 +21,8 @@ def test_layout_per_target():
     assert layout_for(load_target("x86-host")) == "NHWC"
     assert layout_for(load_target("x86-avx2")) == "NHWC"           # vpmaddwd
     assert layout_for(load_target("raspberry-pi-5")) == "NHWC"     # dotprod
-    assert layout_for(load_target("raspberry-pi-4b")) == "NCHW"    # generic lowering
+    assert layout_for(load_target("raspberry-pi-4b")) == "NHWC"    # smull + sadalp
+    assert layout_for(load_target("nvidia-t4")) == "NHWC"          # dp4a
     assert layout_for(None) == "NCHW"
 
 
@@ -29,6 +30,7 @@ def test_layout_per_target():
     ("x86-host", "x86-avx512-vnni", "uint8", 16),
     ("x86-avx2", "x86-avx2", "uint8", 8),
     ("raspberry-pi-5", "arm-dotprod", "int8", 4),
+    ("raspberry-pi-4b", "arm-neon", "int8", 8),
 ])
 def test_dot_rule_offsets_and_folds_the_bias(opsnet, target, rule, in_dtype, block):
     t = load_target(target)

@@ -98,12 +98,23 @@ def folded_bias(node, w: np.ndarray, offset: int, cout_p: int) -> np.ndarray | N
     return None if np.abs(bias).max() >= 2 ** 31 else bias
 
 
+HIGH_MIN_SHIFT = 33   # the 32-bit multiply-high form of the requantization needs every n >= 33
+
+
 def requant_params(rq: qg.Requant | None, cout: int, cout_p: int) -> tuple:
-    """(multiplier, shift, qmin, qmax) with per-channel arrays of ``cout_p`` int64 entries (padding
-    channels get multiplier 1, shift 1); an int32 output (``rq`` None) gets the same placeholders."""
+    """(multiplier, shift, qmin, qmax) with per-channel arrays of ``cout_p`` entries (padding
+    channels get multiplier 1, shift 1); an int32 output (``rq`` None) gets int64 placeholders.
+
+    When every shift ``n`` is at least 33 (real multipliers below 2^-2, i.e. nearly every conv)
+    the arrays are int32 ``M`` and ``n - 32``: the kernels' epilogue then computes the same
+    integer in 32-bit lanes (``dot_conv.epilogue``); otherwise int64 ``M`` and ``n``.
+    """
     mult, shift = np.ones(cout_p, np.int64), np.ones(cout_p, np.int64)
     if rq is None:
         return mult, shift, 0, 0
     mult[:cout] = np.broadcast_to(rq.multiplier, (cout,))
     shift[:cout] = np.broadcast_to(rq.shift, (cout,))
+    if shift[:cout].min() >= HIGH_MIN_SHIFT:
+        shift[:cout] -= 32
+        return mult.astype(np.int32), shift.astype(np.int32), rq.qmin, rq.qmax
     return mult, shift, rq.qmin, rq.qmax

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import tvm
 from tvm import te
 
+from hwq.lower.kernels.bias_init import bias_as_init
 from hwq.lower.kernels.dot_conv import epilogue
 
 
@@ -25,15 +26,33 @@ class DepthwiseTile:
     lanes: int = 16
 
 
-def depthwise_compute(n, hp, wp, c, in_dtype, kh, kw, stride, dilation, out_dtype, qmin, qmax):
+_ACC_LANES = 128   # int32 accumulators a tile may keep: 16 ymm (AVX2), a quarter of the zmm / NEON files
+
+
+def candidates(ow: int, c: int) -> list:
+    """Tiles worth timing: up to 8 pixels (dividing the output width) x 1 or 2 vectors of 16 or 8
+    channels, whose accumulators fit ``_ACC_LANES``; the most promising (4 x 16, measured) first."""
+    widths = [d for d in range(1, min(ow, 8) + 1) if ow % d == 0]
+    tiles = [DepthwiseTile(tw, cb, lanes) for lanes in (16, 8) for cb in (1, 2) if c % (cb * lanes) == 0
+             for tw in widths if tw * cb * lanes <= _ACC_LANES]
+    first = default_tile(ow, c)
+    return [first] + [t for t in tiles if t != first]
+
+
+def default_tile(ow: int, c: int) -> DepthwiseTile:
+    """The untuned tile: 4 (or fewer, dividing the width) pixels x 16 channels."""
+    return DepthwiseTile(tw=max(d for d in range(1, min(ow, 4) + 1) if ow % d == 0), cb=1, lanes=16)
+
+
+def depthwise_compute(n, hp, wp, c, in_dtype, kh, kw, stride, dilation, out_dtype, qmin, qmax, rq_dtype="int64"):
     """TE definition: padded NHWC input, weight [KH, KW, C] int8, per-channel epilogue -> NHWC."""
     oh = (hp - dilation[0] * (kh - 1) - 1) // stride[0] + 1
     ow = (wp - dilation[1] * (kw - 1) - 1) // stride[1] + 1
     X = te.placeholder((n, hp, wp, c), in_dtype, name="X")
     W = te.placeholder((kh, kw, c), "int8", name="W")
     B = te.placeholder((c,), "int32", name="bias")
-    M = te.placeholder((c,), "int64", name="mult")
-    S = te.placeholder((c,), "int64", name="shift")
+    M = te.placeholder((c,), rq_dtype, name="mult")
+    S = te.placeholder((c,), rq_dtype, name="shift")
     rh, rw = te.reduce_axis((0, kh), "rh"), te.reduce_axis((0, kw), "rw")
     acc = te.compute(
         (n, oh, ow, c),
@@ -47,6 +66,7 @@ def depthwise_compute(n, hp, wp, c, in_dtype, kh, kw, stride, dilation, out_dtyp
 def schedule_depthwise(func: tvm.tirx.PrimFunc, tile: DepthwiseTile) -> tvm.tirx.PrimFunc:
     """Rows in parallel (one region per call), a register tile of pixels x channel vectors."""
     sch = tvm.s_tir.Schedule(func)
+    bias_as_init(sch)
     acc, out = sch.get_sblock("acc"), sch.get_sblock("out")
     b, y, x, k, rh, rw = sch.get_loops(acc)
     xo, xi = sch.split(x, [None, tile.tw])

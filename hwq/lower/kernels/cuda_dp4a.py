@@ -37,6 +37,7 @@ from tvm.script import tirx as T
 
 from hwq import qgraph as qg
 from hwq.errors import ConfigError
+from hwq.lower.kernels.bias_init import bias_as_init
 from hwq.lower.kernels.conv_params import (OPAQUE, Kernel, conv_geometry, folded_bias, largest_divisor,
                                            requant_params, round_up)
 from hwq.lower.kernels.dot_conv import packed_conv_compute
@@ -70,14 +71,15 @@ def pack_conv_weight(w: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(w.reshape(o, i // 4, 4, kh, kw).transpose(3, 4, 1, 0, 2))
 
 
-def conv_compute(n, hp, wp, cin, cout, kh, kw, stride, dilation, out_dtype, qmin, qmax):
+def conv_compute(n, hp, wp, cin, cout, kh, kw, stride, dilation, out_dtype, qmin, qmax, rq_dtype="int64"):
     """TE definition: padded NHWC int8 input, packed weight, per-channel epilogue -> NHWC.
 
     Returns ``[X, W, bias, mult, shift, out]``; ``out`` is ``(n, OH, OW, cout)`` in ``out_dtype``
     (the int32 accumulator plus bias when ``out_dtype`` is ``'int32'``).
     """
     return packed_conv_compute(n, hp, wp, cin, cout, kh, kw, stride, dilation, out_dtype, qmin, qmax, IN_DTYPE,
-                               (kh, kw, cin // 4, cout, 4), lambda o, rh, rw, rc: (rh, rw, rc // 4, o, rc % 4))
+                               (kh, kw, cin // 4, cout, 4), lambda o, rh, rw, rc: (rh, rw, rc // 4, o, rc % 4),
+                               rq_dtype)
 
 
 @T.prim_func(s_tir=True)
@@ -113,6 +115,7 @@ def schedule_conv(func: tvm.tirx.PrimFunc, tile: CudaConvTile) -> tvm.tirx.PrimF
     """Bind the conv to blocks and threads, keep a register tile per thread, ``__dp4a`` inside."""
     _register()
     sch = tvm.s_tir.Schedule(func)
+    bias_as_init(sch)
     acc, out = sch.get_sblock("acc"), sch.get_sblock("out")
     b, y, x, o, rh, rw, rc = sch.get_loops(acc)
     oh, ow, cout = (int(sch.get(loop).extent) for loop in (y, x, o))
@@ -226,7 +229,7 @@ class CudaDp4aConv2d:
         oh, ow = geo.out_hw
         tile = default_tile(oh, ow, cout_p)
         args = conv_compute(tirx.Var("n", "int64"), h, wd, cin_p, cout_p, kh, kw, (sh, sw), (dh, dw),
-                            out_info.dtype, qmin, qmax)
+                            out_info.dtype, qmin, qmax, str(mult.dtype))
         func = schedule_conv(te.create_prim_func(args), tile).with_attr("op_pattern", OPAQUE)
         params = (pack_conv_weight(wp), bias.astype(np.int32), mult, shift)
         key = (f"cuda_conv_nhwc:{h}x{wd}x{cin_p}->{cout_p}:k{kh}x{kw}:s{sh}x{sw}:d{dh}x{dw}:"

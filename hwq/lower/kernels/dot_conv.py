@@ -21,6 +21,8 @@ import numpy as np
 import tvm
 from tvm import te, tirx
 
+from hwq.lower.kernels.bias_init import bias_as_init
+
 
 @dataclass(frozen=True)
 class ConvTile:
@@ -41,7 +43,7 @@ def _plain_tile(c, k):
 
 
 def conv_compute(n, hp, wp, cin, cout, kh, kw, stride, dilation, out_dtype, qmin, qmax, in_dtype, block,
-                 w_tile=None, w_index=_plain_tile):
+                 w_tile=None, w_index=_plain_tile, rq_dtype="int64"):
     """TE definition: padded NHWC input, packed weight, per-channel bias/multiplier/shift -> NHWC.
 
     One instruction's ``block x 4`` weights are a ``w_tile``-shaped tile (default ``(block, 4)``)
@@ -51,12 +53,14 @@ def conv_compute(n, hp, wp, cin, cout, kh, kw, stride, dilation, out_dtype, qmin
     return packed_conv_compute(
         n, hp, wp, cin, cout, kh, kw, stride, dilation, out_dtype, qmin, qmax, in_dtype,
         (cout // block, kh, kw, cin // 4, *(w_tile or (block, 4))),
-        lambda o, rh, rw, rc: (o // block, rh, rw, rc // 4, *w_index(o % block, rc % 4)))
+        lambda o, rh, rw, rc: (o // block, rh, rw, rc // 4, *w_index(o % block, rc % 4)), rq_dtype)
 
 
-def packed_conv_compute(n, hp, wp, cin, cout, kh, kw, stride, dilation, out_dtype, qmin, qmax, in_dtype, w_shape, w_at):
+def packed_conv_compute(n, hp, wp, cin, cout, kh, kw, stride, dilation, out_dtype, qmin, qmax, in_dtype, w_shape, w_at,
+                        rq_dtype="int64"):
     """The integer NHWC conv of every hwq kernel, for any packed weight layout: ``W`` has shape
-    ``w_shape`` and weight (output o, tap rh, rw, input rc) is ``W[w_at(o, rh, rw, rc)]``.
+    ``w_shape`` and weight (output o, tap rh, rw, input rc) is ``W[w_at(o, rh, rw, rc)]``; the
+    requantization arrays are ``rq_dtype`` (see ``epilogue``).
 
     Returns ``[X, W, bias, mult, shift, out]``; ``out`` is ``(n, OH, OW, cout)`` in ``out_dtype``
     (the int32 accumulator plus bias when ``out_dtype`` is ``'int32'``).
@@ -66,8 +70,8 @@ def packed_conv_compute(n, hp, wp, cin, cout, kh, kw, stride, dilation, out_dtyp
     X = te.placeholder((n, hp, wp, cin), in_dtype, name="X")
     W = te.placeholder(w_shape, "int8", name="W")
     B = te.placeholder((cout,), "int32", name="bias")
-    M = te.placeholder((cout,), "int64", name="mult")
-    S = te.placeholder((cout,), "int64", name="shift")
+    M = te.placeholder((cout,), rq_dtype, name="mult")
+    S = te.placeholder((cout,), rq_dtype, name="shift")
     rh, rw, rc = te.reduce_axis((0, kh), "rh"), te.reduce_axis((0, kw), "rw"), te.reduce_axis((0, cin), "rc")
     acc = te.compute(
         (n, oh, ow, cout),
@@ -81,18 +85,36 @@ def packed_conv_compute(n, hp, wp, cin, cout, kh, kw, stride, dilation, out_dtyp
 
 
 def epilogue(acc, bias, mult, shift, out_dtype, qmin, qmax):
-    """``acc + bias``, then (unless the output is the int32 accumulator) ``hwq.fixed_point``'s
-    requantization: int64 product, add ``2^(shift-1)``, arithmetic shift right, clamp, cast."""
+    """``v = acc + bias``, then (unless the output is the int32 ``v``) ``hwq.fixed_point``'s
+    requantization ``(v * M + 2^(n-1)) >> n``, clamp, cast.
+
+    With int64 ``mult`` / ``shift`` (``M``, ``n``) it is computed as written. With int32 ones
+    (``M``, ``r = n - 32``, ``conv_params.requant_params`` picks this form when every ``n >= 33``)
+    it is the same integer computed in 32-bit lanes: with ``v * M = hi * 2^32 + lo``
+    (``0 <= lo < 2^32``) and the rounding term ``2^(n-1) = 2^(r-1) * 2^32`` falling wholly into
+    ``hi``, ``floor((v * M + 2^(n-1)) / 2^n) = (hi + 2^(r-1)) >> r`` because ``lo / 2^32 < 1`` cannot
+    carry ``hi`` across a multiple of ``2^r``. ``hi`` is a multiply-high (``vpmuldq`` pairs on
+    AVX2, ``smull2`` on Arm); CPUs without 64-bit vector multiplies and arithmetic shifts (AVX2,
+    whose int64 form is emulated in about 40 instructions per 8 lanes) run it several times faster,
+    and ``|hi| < 2^30`` keeps the rounding add inside int32. The schedules move the bias into the
+    accumulator's initial value (``bias_as_init``): TVM and LLVM widen ``int64(acc + bias)`` into
+    ``int64(acc) + int64(bias)``, and a multiply-high is no longer recognizable after that.
+    """
+    v = acc + bias
     if out_dtype == "int32":
-        return acc + bias
-    v = (acc + bias).astype("int64") * mult + (tirx.const(1, "int64") << (shift - tirx.const(1, "int64")))
-    v = tirx.max(tirx.min(v >> shift, tirx.const(qmax, "int64")), tirx.const(qmin, "int64"))
-    return v.astype(out_dtype)
+        return v
+    if mult.dtype == "int32":
+        hi = ((v.astype("int64") * mult.astype("int64")) >> tirx.const(32, "int64")).astype("int32")
+        y = (hi + (tirx.const(1, "int32") << (shift - tirx.const(1, "int32")))) >> shift
+        return tirx.max(tirx.min(y, tirx.const(qmax, "int32")), tirx.const(qmin, "int32")).astype(out_dtype)
+    y = (v.astype("int64") * mult + (tirx.const(1, "int64") << (shift - tirx.const(1, "int64")))) >> shift
+    return tirx.max(tirx.min(y, tirx.const(qmax, "int64")), tirx.const(qmin, "int64")).astype(out_dtype)
 
 
 def schedule_conv(func: tvm.tirx.PrimFunc, tile: ConvTile, block: int, intrin: str) -> tvm.tirx.PrimFunc:
     """Tile, parallelize over rows, tensorize the ``block x 4`` dot with ``intrin``, fuse the epilogue."""
     sch = tvm.s_tir.Schedule(func)
+    bias_as_init(sch)
     acc, out = sch.get_sblock("acc"), sch.get_sblock("out")
     b, y, x, o, rh, rw, rc = sch.get_loops(acc)
     xo, xi = sch.split(x, [None, tile.tw])

@@ -19,6 +19,15 @@ int16 pairs by masks, ``(A0, A2)`` and ``(A1, A3)``, so each ``vpmaddwd`` fills 
 one pixel's partial sums of 8 channels and no horizontal add is needed. The tile is therefore
 stored as ``B[k % 2, c, k // 2]`` (``avx2_tile_index``): the weights meeting ``(A0, A2)`` in one
 16-byte half, those meeting ``(A1, A3)`` in the other, each sign-extended to int16 on load.
+
+``hwq_dot_8x4_s8s8s32_neon``: A int8, Armv8.0 NEON without the dot product (Cortex-A72): four
+``smull v.8h, v.8b, v.8b`` and four ``sadalp v.4s, v.8h`` (written as an add of ``saddlp``, which
+LLVM selects as ``sadalp``; LLVM has no ``sadalp`` intrinsic). ``smull`` multiplies 8 int8 pairs into
+exact int16 products (``|-128 * -128| = 16384``), ``sadalp`` adds adjacent int16 pairs into the int32
+accumulator lanes: like ``vpmaddwd``, a pair of inputs per lane. A's pairs ``(A0, A1)`` and
+``(A2, A3)`` are broadcast as int16 lanes; the tile is stored as ``B[k // 2, c, k % 2]``
+(``neon_tile_index``), 8 bytes per ``smull``: 4 channels x one input pair. Summing two products in
+int16 before ``sadalp`` would overflow (2 x 16384 > 32767), so each product vector is accumulated.
 """
 
 from __future__ import annotations
@@ -32,11 +41,18 @@ VNNI_16x4 = "hwq_dot_16x4_u8s8s32_vnni"
 SDOT_4x4 = "hwq_dot_4x4_s8s8s32_sdot"
 AVX2_8x4 = "hwq_dot_8x4_u8s8s32_avx2"
 AVX2_TILE = (2, 8, 2)   # the AVX2 intrinsic's weight tile, see avx2_tile_index
+NEON_8x4 = "hwq_dot_8x4_s8s8s32_neon"
+NEON_TILE = (2, 8, 2)   # the NEON intrinsic's weight tile, see neon_tile_index
 
 
 def avx2_tile_index(c, k):
     """Where weight (channel ``c``, input ``k``) sits in the AVX2 tile ``[2, 8, 2]``."""
     return k % 2, c, k // 2
+
+
+def neon_tile_index(c, k):
+    """Where weight (channel ``c``, input ``k``) sits in the NEON tile ``[2, 8, 2]``."""
+    return k // 2, c, k % 2
 
 
 def _dot_desc(block: int, a_dtype: str, tile=None, index=lambda c, k: (c, k)):
@@ -102,9 +118,32 @@ def _avx2_8x4_impl(A: T.Buffer((4,), "uint8", offset_factor=1), B: T.Buffer((2, 
         C[T.ramp(T.int32(0), 1, 8)] = C.vload([0], dtype="int32x8") + (p02 + p13)
 
 
+@T.prim_func(s_tir=True)
+def _neon_8x4_impl(A: T.Buffer((4,), "int8", offset_factor=1), B: T.Buffer((2, 8, 2), "int8", offset_factor=1),
+                   C: T.Buffer((8,), "int32", offset_factor=1)) -> None:
+    with T.sblock("root"):
+        T.reads(C[0:8], A[0:4], B[0:2, 0:8, 0:2])
+        T.writes(C[0:8])
+        a01 = T.reinterpret(T.broadcast(T.reinterpret(A.vload([0], "int8x2"), dtype="int16"), 4), dtype="int8x8")
+        a23 = T.reinterpret(T.broadcast(T.reinterpret(A.vload([2], "int8x2"), dtype="int16"), 4), dtype="int8x8")
+        # channels 0-3 and 4-7, inputs (0, 1) then (2, 3)
+        p0 = T.call_llvm_pure_intrin(T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.smull.v8i16"), B.vload([0, 0, 0], "int8x8"), a01, dtype="int16x8")
+        p1 = T.call_llvm_pure_intrin(T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.smull.v8i16"), B.vload([0, 4, 0], "int8x8"), a01, dtype="int16x8")
+        p2 = T.call_llvm_pure_intrin(T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.smull.v8i16"), B.vload([1, 0, 0], "int8x8"), a23, dtype="int16x8")
+        p3 = T.call_llvm_pure_intrin(T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.smull.v8i16"), B.vload([1, 4, 0], "int8x8"), a23, dtype="int16x8")
+        # accumulator + saddlp (pairwise widening add) is what LLVM selects as sadalp
+        C[T.ramp(T.int32(0), 1, 4)] = (C.vload([0], dtype="int32x4") + T.call_llvm_pure_intrin(
+            T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.saddlp.v4i32.v8i16"), p0, dtype="int32x4")) + \
+            T.call_llvm_pure_intrin(T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.saddlp.v4i32.v8i16"), p2, dtype="int32x4")
+        C[T.ramp(T.int32(4), 1, 4)] = (C.vload([4], dtype="int32x4") + T.call_llvm_pure_intrin(
+            T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.saddlp.v4i32.v8i16"), p1, dtype="int32x4")) + \
+            T.call_llvm_pure_intrin(T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.saddlp.v4i32.v8i16"), p3, dtype="int32x4")
+
+
 _INTRINSICS = {VNNI_16x4: (lambda: _dot_desc(16, "uint8"), _vnni_16x4_impl),
                SDOT_4x4: (lambda: _dot_desc(4, "int8"), _sdot_4x4_impl),
-               AVX2_8x4: (lambda: _dot_desc(8, "uint8", AVX2_TILE, avx2_tile_index), _avx2_8x4_impl)}
+               AVX2_8x4: (lambda: _dot_desc(8, "uint8", AVX2_TILE, avx2_tile_index), _avx2_8x4_impl),
+               NEON_8x4: (lambda: _dot_desc(8, "int8", NEON_TILE, neon_tile_index), _neon_8x4_impl)}
 
 
 def register() -> None:

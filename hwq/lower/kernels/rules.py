@@ -6,18 +6,19 @@ import numpy as np
 from tvm import te, tirx
 
 from hwq import qgraph as qg
-from hwq.lower.kernels import arm_dotprod, cpu_depthwise, cuda_dp4a, dot_conv, tuning, x86_avx2, x86_vnni
+from hwq.lower.kernels import arm_dotprod, arm_neon, cpu_depthwise, cuda_dp4a, dot_conv, tuning, x86_avx2, x86_vnni
 from hwq.lower.kernels.conv_params import (OPAQUE, Kernel, conv_geometry, folded_bias, largest_divisor,
                                            requant_params, round_up)
 from hwq.target import Target
 
 # per target kind, the features for which hwq has NHWC dot-product kernels
-_NHWC_FEATURES = {"cpu": (x86_vnni.FEATURE, x86_avx2.FEATURE, arm_dotprod.FEATURE), "cuda": (cuda_dp4a.FEATURE,)}
+_NHWC_FEATURES = {"cpu": (x86_vnni.FEATURE, x86_avx2.FEATURE, arm_dotprod.FEATURE, arm_neon.FEATURE),
+                  "cuda": (cuda_dp4a.FEATURE,)}
 _SHIFT_INTO = {"uint8": 128, "int8": -128}   # kernel dtype -> offset taking the other 8-bit dtype into it
 
 
 class DotConv2d:
-    """conv2d (groups == 1) and dense on a 4-byte dot-product instruction, NHWC, fused epilogue.
+    """conv2d (groups == 1) and dense on a 4-byte dot product (or two-instruction emulation), NHWC, fused epilogue.
 
     ``isa`` is the module that describes the instruction (``x86_vnni``, ``x86_avx2``, ``arm_dotprod``): the
     target feature it needs, its output-channel block, the dtype it reads activations in, its
@@ -66,7 +67,7 @@ class DotConv2d:
 
         def build(t):
             args = isa.conv_compute(tirx.Var("n", "int64"), h, wd, cin_p, cout_p, kh, kw, (sh, sw), (dh, dw),
-                                    out_dtype, qmin, qmax)
+                                    out_dtype, qmin, qmax, str(mult.dtype))
             return isa.schedule_conv(te.create_prim_func(args), t).with_attr("op_pattern", OPAQUE)
 
         params = (isa.pack_conv_weight(wp), bias.astype(np.int32), mult, shift)
@@ -99,26 +100,24 @@ class CpuDepthwise:
         mult, shift, qmin, qmax = requant_params(node.requant, c, c)
         key = f"depthwise_nhwc:{h}x{wd}x{c}:k{kh}x{kw}:s{sh}x{sw}:d{dh}x{dw}:{in_info.dtype}->{out_info.dtype}"
         tuned = tuning.load_configs(target.name).get(key)
-        tile = (cpu_depthwise.DepthwiseTile(tuned["tw"], tuned["cb"]) if tuned is not None else
-                cpu_depthwise.DepthwiseTile(tw=largest_divisor(ow, 8), cb=2 if (c // 16) % 2 == 0 else 1))
+        tile = (cpu_depthwise.DepthwiseTile(tuned["tw"], tuned["cb"], tuned.get("lanes", 16)) if tuned is not None else
+                cpu_depthwise.default_tile(ow, c))
 
         def build(t):
             args = cpu_depthwise.depthwise_compute(tirx.Var("n", "int64"), h, wd, c, in_info.dtype, kh, kw, (sh, sw),
-                                                   (dh, dw), out_info.dtype, qmin, qmax)
+                                                   (dh, dw), out_info.dtype, qmin, qmax, str(mult.dtype))
             return cpu_depthwise.schedule_depthwise(te.create_prim_func(args), t).with_attr("op_pattern", OPAQUE)
 
         w = np.ascontiguousarray(node.weight[:, 0].transpose(1, 2, 0))        # [KH, KW, C]
         params = (w, node.bias.astype(np.int32), mult, shift)
-        candidates = tuple(cpu_depthwise.DepthwiseTile(tw, cb) for cb in (1, 2, 4) if (c // 16) % cb == 0
-                           for tw in sorted((d for d in range(1, min(ow, 14) + 1) if ow % d == 0), reverse=True)
-                           if tw * cb <= 24)
         return Kernel(self.name, build(tile), params, (ph, ph, pw, pw), c, c, 0, (oh, ow, c), None, tile, key,
-                      (h, wd, c), build, candidates, in_info.dtype)
+                      (h, wd, c), build, tuple(cpu_depthwise.candidates(ow, c)), in_info.dtype)
 
 
-# Order matters: a CPU with VNNI also has AVX2 and must get the VNNI kernel.
+# Order matters: a CPU with VNNI also has AVX2 and must get the VNNI kernel; one with the dot
+# product also has NEON and must get sdot.
 RULES = (DotConv2d("x86-avx512-vnni", x86_vnni), DotConv2d("x86-avx2", x86_avx2), DotConv2d("arm-dotprod", arm_dotprod),
-         CpuDepthwise(), cuda_dp4a.CudaDp4aConv2d())
+         DotConv2d("arm-neon", arm_neon), CpuDepthwise(), cuda_dp4a.CudaDp4aConv2d())
 
 
 def select_kernel(node, in_info, out_info, target: Target | None, rules=RULES) -> Kernel | None:

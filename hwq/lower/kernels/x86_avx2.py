@@ -39,10 +39,10 @@ def pack_conv_weight(w: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(np.moveaxis(p, -1, -3))           # [..., k % 2, c, k // 2]
 
 
-def conv_compute(n, hp, wp, cin, cout, kh, kw, stride, dilation, out_dtype, qmin, qmax):
+def conv_compute(n, hp, wp, cin, cout, kh, kw, stride, dilation, out_dtype, qmin, qmax, rq_dtype="int64"):
     """TE definition: padded NHWC uint8 input, packed weight, per-channel epilogue -> NHWC."""
     return dot_conv.conv_compute(n, hp, wp, cin, cout, kh, kw, stride, dilation, out_dtype, qmin, qmax, IN_DTYPE,
-                                 BLOCK, intrin.AVX2_TILE, intrin.avx2_tile_index)
+                                 BLOCK, intrin.AVX2_TILE, intrin.avx2_tile_index, rq_dtype)
 
 
 def schedule_conv(func: tvm.tirx.PrimFunc, tile: ConvTile) -> tvm.tirx.PrimFunc:

@@ -27,9 +27,10 @@ def pack_conv_weight(w: np.ndarray) -> np.ndarray:
     return dot_conv.pack_conv_weight(w, BLOCK)
 
 
-def conv_compute(n, hp, wp, cin, cout, kh, kw, stride, dilation, out_dtype, qmin, qmax):
+def conv_compute(n, hp, wp, cin, cout, kh, kw, stride, dilation, out_dtype, qmin, qmax, rq_dtype="int64"):
     """TE definition: padded NHWC uint8 input, packed weight, per-channel epilogue -> NHWC."""
-    return dot_conv.conv_compute(n, hp, wp, cin, cout, kh, kw, stride, dilation, out_dtype, qmin, qmax, IN_DTYPE, BLOCK)
+    return dot_conv.conv_compute(n, hp, wp, cin, cout, kh, kw, stride, dilation, out_dtype, qmin, qmax, IN_DTYPE, BLOCK,
+                                 rq_dtype=rq_dtype)
 
 
 def schedule_conv(func: tvm.tirx.PrimFunc, tile: ConvTile) -> tvm.tirx.PrimFunc:
