@@ -64,7 +64,9 @@ def _cmd_tune(args) -> int:
         from hwq.models.mobilenet_v2 import load_imagenet_weights
         load_imagenet_weights(model)
     # tiles depend on shapes only: a model calibrated on random data has the same kernels
-    graph = quantize_ptq(model, torch.rand(8, *shape))
+    from hwq.plan import BitPlan, LayerSpec
+    plan = BitPlan(default=LayerSpec(weight_bits=args.weight_bits, act_bits=args.act_bits))
+    graph = quantize_ptq(model, torch.rand(8, *shape), plan)
     changed = tune_model(graph, args.target, time_budget_s=args.time_budget, retune=args.retune)
     for key, cfg in changed.items():
         tile = ", ".join(f"{k}={v}" for k, v in cfg.items() if k not in ("ms_batch16", "trials"))
@@ -108,6 +110,10 @@ def build_parser() -> argparse.ArgumentParser:
     u.add_argument("--target", default="x86-host")
     u.add_argument("--time-budget", type=float, default=20.0, help="seconds per workload (default 20)")
     u.add_argument("--retune", action="store_true", help="search again workloads already tuned")
+    u.add_argument("--weight-bits", type=int, default=8,
+                   help="quantize the model's weights to this many bits first (default 8; 7 selects the "
+                        "vpmaddubsw kernels on AVX2)")
+    u.add_argument("--act-bits", type=int, default=8, help="activation bits (default 8)")
     u.set_defaults(func=_cmd_tune)
     r = sub.add_parser("train", help="constrained QAT of the Fashion-MNIST CNN: per-layer sensitivities, integer program",
                        description="Quantization-aware training under per-layer error constraints (primal-dual); "

@@ -71,12 +71,13 @@ def zoo_models():
             "reluout": (ReluOut().eval(), (2, 9, 9), True)}
 
 
-def calibrated_graph(model, shape, signed, n=64, seed=0):
+def calibrated_graph(model, shape, signed, n=64, seed=0, plan=None):
     """PTQ of ``model`` on random inputs: uniform [0, 1] (unsigned) or normal (signed)."""
     import torch
 
+    from hwq.plan import BitPlan
     from hwq.qat import quantize_ptq
 
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(n, *shape, generator=g) if signed else torch.rand(n, *shape, generator=g)
-    return quantize_ptq(model, x), x
+    return quantize_ptq(model, x, plan or BitPlan()), x

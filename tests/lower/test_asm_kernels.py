@@ -1,5 +1,5 @@
 """The dot-product kernels reach the machine code: ``vpdpbusd`` on x86 VNNI, ``vpmaddwd`` on x86
-with AVX2 only, ``sdot`` on the Pi 5, ``smull`` + ``sadalp`` on the Pi 4.
+with AVX2 only (``vpmaddubsw`` where it is exact), ``sdot`` on the Pi 5, ``smull`` + ``sadalp`` on the Pi 4.
 
 Cross builds are inspected, not run (``test_aarch64_qemu_exact.py`` runs them under qemu).
 """
@@ -10,6 +10,7 @@ import pytest
 
 from conftest import calibrated_graph, zoo_models
 from hwq.lower import compile_model
+from hwq.plan import BitPlan, LayerSpec
 
 
 def _asm(compiled) -> str:
@@ -36,6 +37,16 @@ def graph():
     ("raspberry-pi-4b", "sadalp", "sdot"),
 ])
 def test_dot_product_instruction_in_asm(graph, target, present, absent):
+    _check_asm(graph, target, present, absent)
+
+
+def test_avx2_maddubs_in_asm_for_7_bit_weights():
+    model, shape, signed = zoo_models()["rescnn"]
+    graph = calibrated_graph(model, shape, signed, n=16, plan=BitPlan(default=LayerSpec(weight_bits=7)))[0]
+    _check_asm(graph, "x86-avx2", "vpmaddubsw", "vpdpbusd")
+
+
+def _check_asm(graph, target, present, absent):
     asm = _asm(compile_model(graph, target))
     # one kernel per conv / dense, each unrolled: many instances, not a stray one
     assert _count(asm, present) >= 5 * sum(n.op in ("conv2d", "dense") for n in graph.nodes), target

@@ -8,6 +8,7 @@ import pytest
 from conftest import calibrated_graph, zoo_models
 from hwq.lower.kernels import layout_for, select_kernel, x86_avx2
 from hwq.lower.kernels.dot_conv import pack_conv_weight
+from hwq.plan import BitPlan, LayerSpec
 from hwq.target import load_target
 
 
@@ -71,6 +72,30 @@ def test_vnni_outranks_avx2_and_each_kernel_has_its_own_tiles(opsnet):
     avx2 = select_kernel(node, *args, dataclasses.replace(host, features=("avx2",)))
     assert avx2.name == "x86-avx2"
     assert vnni.workload != avx2.workload and vnni.workload.endswith(":x86-avx512-vnni")
+
+
+@pytest.mark.parametrize("weight_bits, act_bits, fast", [(8, 8, "none"), (7, 8, "all"), (8, 7, "some"), (6, 6, "all")])
+def test_maddubs_only_where_it_cannot_saturate(weight_bits, act_bits, fast):
+    """vpmaddubsw adds two u8 x s8 products into int16 with saturation: the rule takes a layer only
+    when 2 * max(activation) * max|weight| <= 32767, every other one stays on the exact vpmaddwd."""
+    model, shape, signed = zoo_models()["opsnet"]
+    graph = calibrated_graph(model, shape, signed, n=16, plan=BitPlan(default=LayerSpec(weight_bits, act_bits)))[0]
+    t = load_target("x86-avx2")
+    names = []
+    for node in graph.nodes:
+        if node.op == "dense" or node.op == "conv2d" and node.groups == 1:
+            info = graph.tensors[node.input]
+            k = select_kernel(node, info, graph.tensors[node.output], t)
+            names.append(k.name)
+            # inputs start at 0 after the offset (a signed 7-bit input is shifted by 63, not 128)
+            span = info.qmax - info.qmin if info.dtype == "int8" else info.qmax
+            exact = 2 * span * int(np.abs(node.weight.astype(np.int16)).max()) <= 32767
+            assert (k.name == "x86-avx2-maddubs") == exact, (node.name, info)
+            if exact:
+                assert info.qmin + k.input_offset == (0 if info.dtype == "int8" else info.qmin)
+    fast_ones = sum(n == "x86-avx2-maddubs" for n in names)
+    # with 8-bit weights and 7-bit activations, the model's 8-bit input layer stays on vpmaddwd
+    assert {"none": fast_ones == 0, "all": fast_ones == len(names), "some": 0 < fast_ones < len(names)}[fast]
 
 
 def test_avx2_tile_pairs_inputs_0_2_and_1_3():

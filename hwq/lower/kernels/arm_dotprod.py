@@ -13,8 +13,6 @@ one broadcast pixel in the 32 128-bit NEON registers.
 
 from __future__ import annotations
 
-import numpy as np
-import tvm
 
 from hwq.lower.kernels import dot_conv, intrin
 from hwq.lower.kernels.dot_conv import ConvTile
@@ -28,21 +26,7 @@ __all__ = ["BLOCK", "FEATURE", "IN_DTYPE", "ConvTile", "candidates", "conv_compu
            "pack_conv_weight", "schedule_conv"]
 
 
-def pack_conv_weight(w: np.ndarray) -> np.ndarray:
-    """int8 OIHW (O % 4 == 0, I % 4 == 0) -> [O/4, KH, KW, I/4, 4, 4]: one 16-byte load per sdot."""
-    return dot_conv.pack_conv_weight(w, BLOCK)
-
-
-def conv_compute(n, hp, wp, cin, cout, kh, kw, stride, dilation, out_dtype, qmin, qmax, rq_dtype="int64"):
-    """TE definition: padded NHWC int8 input, packed weight, per-channel epilogue -> NHWC."""
-    return dot_conv.conv_compute(n, hp, wp, cin, cout, kh, kw, stride, dilation, out_dtype, qmin, qmax, IN_DTYPE, BLOCK,
-                                 rq_dtype=rq_dtype)
-
-
-def schedule_conv(func: tvm.tirx.PrimFunc, tile: ConvTile) -> tvm.tirx.PrimFunc:
-    """``dot_conv.schedule_conv`` with the 4x4 dot tensorized on ``sdot``."""
-    intrin.register()
-    return dot_conv.schedule_conv(func, tile, BLOCK, intrin.SDOT_4x4)
+pack_conv_weight, conv_compute, schedule_conv = dot_conv.isa_functions(BLOCK, IN_DTYPE, intrin.SDOT_4x4)
 
 
 def _fits(tw: int, ob: int) -> bool:

@@ -11,8 +11,6 @@ Tiles are modelled on the register file, not measured on a Pi (none at hand).
 
 from __future__ import annotations
 
-import numpy as np
-import tvm
 
 from hwq.lower.kernels import dot_conv, intrin
 from hwq.lower.kernels.dot_conv import ConvTile
@@ -27,24 +25,9 @@ __all__ = ["BLOCK", "FEATURE", "IN_DTYPE", "ConvTile", "candidates", "conv_compu
            "pack_conv_weight", "schedule_conv"]
 
 
-def pack_conv_weight(w: np.ndarray) -> np.ndarray:
-    """int8 OIHW (O % 8 == 0, I % 4 == 0) -> [O/8, KH, KW, I/4, 2, 8, 2]: weight (c, k) of a block
-    at ``[k // 2, c, k % 2]``, so each ``smull`` reads 8 contiguous bytes (4 channels x 1 pair)."""
-    p = dot_conv.pack_conv_weight(w, BLOCK)                       # [..., 8, 4]
-    p = p.reshape(*p.shape[:-1], 2, 2)                            # [..., c, k // 2, k % 2]
-    return np.ascontiguousarray(np.moveaxis(p, -2, -3))           # [..., k // 2, c, k % 2]
-
-
-def conv_compute(n, hp, wp, cin, cout, kh, kw, stride, dilation, out_dtype, qmin, qmax, rq_dtype="int64"):
-    """TE definition: padded NHWC int8 input, packed weight, per-channel epilogue -> NHWC."""
-    return dot_conv.conv_compute(n, hp, wp, cin, cout, kh, kw, stride, dilation, out_dtype, qmin, qmax, IN_DTYPE,
-                                 BLOCK, intrin.NEON_TILE, intrin.neon_tile_index, rq_dtype)
-
-
-def schedule_conv(func: tvm.tirx.PrimFunc, tile: ConvTile) -> tvm.tirx.PrimFunc:
-    """``dot_conv.schedule_conv`` with the 8x4 dot tensorized on ``smull`` + ``sadalp``."""
-    intrin.register()
-    return dot_conv.schedule_conv(func, tile, BLOCK, intrin.NEON_8x4)
+# weight (c, k) of a block at [k // 2, c, k % 2]: each smull reads 8 contiguous bytes
+pack_conv_weight, conv_compute, schedule_conv = dot_conv.isa_functions(
+    BLOCK, IN_DTYPE, intrin.NEON_8x4, intrin.NEON_TILE, intrin.neon_tile_index)
 
 
 def _fits(tw: int, ob: int) -> bool:

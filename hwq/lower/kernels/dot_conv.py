@@ -134,6 +134,37 @@ def schedule_conv(func: tvm.tirx.PrimFunc, tile: ConvTile, block: int, intrin: s
     return sch.mod["main"].with_attr("tir.is_scheduled", True)
 
 
+def isa_functions(block: int, in_dtype: str, intrin_name: str, w_tile=None, w_index=_plain_tile):
+    """``(pack_conv_weight, conv_compute, schedule_conv)`` of an ISA module whose instruction (or
+    instruction sequence, registered as ``intrin_name``) computes a ``block x 4`` dot reading
+    activations as ``in_dtype``, with weight (channel c, input k) of its tile at ``w_index(c, k)``
+    in a ``w_tile``-shaped tile (default the plain ``(block, 4)``)."""
+    from hwq.lower.kernels import intrin
+
+    tile = tuple(w_tile or (block, 4))
+
+    def pack(w: np.ndarray) -> np.ndarray:
+        """int8 OIHW (O % block == 0, I % 4 == 0) -> [O/block, KH, KW, I/4, *tile]."""
+        plain = pack_conv_weight(w, block)
+        out = np.empty(plain.shape[:-2] + tile, np.int8)
+        for c in range(block):
+            for k in range(4):
+                out[(..., *w_index(c, k))] = plain[..., c, k]
+        return out
+
+    def compute(n, hp, wp, cin, cout, kh, kw, stride, dilation, out_dtype, qmin, qmax, rq_dtype="int64"):
+        """TE definition: padded NHWC input, packed weight, per-channel epilogue -> NHWC."""
+        return conv_compute(n, hp, wp, cin, cout, kh, kw, stride, dilation, out_dtype, qmin, qmax, in_dtype, block,
+                            w_tile, w_index, rq_dtype)
+
+    def schedule(func: tvm.tirx.PrimFunc, tile_: ConvTile) -> tvm.tirx.PrimFunc:
+        """``schedule_conv`` with the dot tensorized on the ISA's intrinsic."""
+        intrin.register()
+        return schedule_conv(func, tile_, block, intrin_name)
+
+    return pack, compute, schedule
+
+
 def im2col_compute(n, h, w, cin, in_dtype, kh, kw, stride, dilation, pad, k_padded, offset, out_dtype):
     """Patches of a conv with few input channels, NHWC: ``P[b, y, x, (i, j, c)]`` in ``out_dtype``.
 

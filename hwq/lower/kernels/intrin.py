@@ -20,6 +20,13 @@ one pixel's partial sums of 8 channels and no horizontal add is needed. The tile
 stored as ``B[k % 2, c, k // 2]`` (``avx2_tile_index``): the weights meeting ``(A0, A2)`` in one
 16-byte half, those meeting ``(A1, A3)`` in the other, each sign-extended to int16 on load.
 
+``hwq_dot_8x4_u8s8s32_avx2_maddubs``: A uint8, AVX2, for layers whose int16 pair sums cannot
+saturate (``2 * max(A) * max|B| <= 32767``: 7-bit weights, or 7-bit activations): one
+``vpmaddubsw`` (u8 x s8, adjacent pairs into int16), one ``vpmaddwd`` by ones (pairs into int32),
+one ``vpaddd``, with no byte splitting: half the multiply-port work of the exact 8-bit form.
+This is the instruction sequence onnxruntime's MLAS uses on AVX2 for every layer; hwq only uses it
+where it is exact (``x86_avx2_maddubs.accepts``).
+
 ``hwq_dot_8x4_s8s8s32_neon``: A int8, Armv8.0 NEON without the dot product (Cortex-A72): four
 ``smull v.8h, v.8b, v.8b`` and four ``sadalp v.4s, v.8h`` (written as an add of ``saddlp``, which
 LLVM selects as ``sadalp``; LLVM has no ``sadalp`` intrinsic). ``smull`` multiplies 8 int8 pairs into
@@ -41,6 +48,7 @@ VNNI_16x4 = "hwq_dot_16x4_u8s8s32_vnni"
 SDOT_4x4 = "hwq_dot_4x4_s8s8s32_sdot"
 AVX2_8x4 = "hwq_dot_8x4_u8s8s32_avx2"
 AVX2_TILE = (2, 8, 2)   # the AVX2 intrinsic's weight tile, see avx2_tile_index
+MADDUBS_8x4 = "hwq_dot_8x4_u8s8s32_avx2_maddubs"
 NEON_8x4 = "hwq_dot_8x4_s8s8s32_neon"
 NEON_TILE = (2, 8, 2)   # the NEON intrinsic's weight tile, see neon_tile_index
 
@@ -119,6 +127,20 @@ def _avx2_8x4_impl(A: T.Buffer((4,), "uint8", offset_factor=1), B: T.Buffer((2, 
 
 
 @T.prim_func(s_tir=True)
+def _maddubs_8x4_impl(A: T.Buffer((4,), "uint8", offset_factor=1), B: T.Buffer((8, 4), "int8", offset_factor=1),
+                      C: T.Buffer((8,), "int32", offset_factor=1)) -> None:
+    with T.sblock("root"):
+        T.reads(C[0:8], A[0:4], B[0:8, 0:4])
+        T.writes(C[0:8])
+        a = T.reinterpret(T.broadcast(T.reinterpret(A.vload([0], "uint8x4"), dtype="int32"), 8), dtype="uint8x32")
+        p16 = T.call_llvm_pure_intrin(T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.ub.sw"), a,
+                                      B.vload([0, 0], "int8x32"), dtype="int16x16")
+        p32 = T.call_llvm_pure_intrin(T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.wd"), p16,
+                                      T.broadcast(T.int16(1), 16), dtype="int32x8")
+        C[T.ramp(T.int32(0), 1, 8)] = C.vload([0], dtype="int32x8") + p32
+
+
+@T.prim_func(s_tir=True)
 def _neon_8x4_impl(A: T.Buffer((4,), "int8", offset_factor=1), B: T.Buffer((2, 8, 2), "int8", offset_factor=1),
                    C: T.Buffer((8,), "int32", offset_factor=1)) -> None:
     with T.sblock("root"):
@@ -143,6 +165,7 @@ def _neon_8x4_impl(A: T.Buffer((4,), "int8", offset_factor=1), B: T.Buffer((2, 8
 _INTRINSICS = {VNNI_16x4: (lambda: _dot_desc(16, "uint8"), _vnni_16x4_impl),
                SDOT_4x4: (lambda: _dot_desc(4, "int8"), _sdot_4x4_impl),
                AVX2_8x4: (lambda: _dot_desc(8, "uint8", AVX2_TILE, avx2_tile_index), _avx2_8x4_impl),
+               MADDUBS_8x4: (lambda: _dot_desc(8, "uint8"), _maddubs_8x4_impl),
                NEON_8x4: (lambda: _dot_desc(8, "int8", NEON_TILE, neon_tile_index), _neon_8x4_impl)}
 
 

@@ -6,7 +6,8 @@ import numpy as np
 from tvm import te, tirx
 
 from hwq import qgraph as qg
-from hwq.lower.kernels import arm_dotprod, arm_neon, cpu_depthwise, cuda_dp4a, dot_conv, tuning, x86_avx2, x86_vnni
+from hwq.lower.kernels import (arm_dotprod, arm_neon, cpu_depthwise, cuda_dp4a, dot_conv, tuning, x86_avx2,
+                               x86_avx2_maddubs, x86_vnni)
 from hwq.lower.kernels.conv_params import (OPAQUE, Kernel, conv_geometry, folded_bias, largest_divisor,
                                            requant_params, round_up)
 from hwq.target import Target
@@ -39,6 +40,13 @@ class DotConv2d:
         (sh, sw), (dh, dw), (ph, pw) = geo.stride, geo.dilation, geo.pad
         cout, cin = w.shape[:2]
         offset = 0 if in_info.dtype == isa.IN_DTYPE else _SHIFT_INTO[isa.IN_DTYPE]
+        if hasattr(isa, "accepts"):
+            # an instruction exact only on bounded products: take the input's range to start at
+            # 0 (a 7-bit signed [-63, 63] becomes [0, 126], not [65, 191]) and check the bound
+            if in_info.dtype == "int8":
+                offset = -in_info.qmin
+            if in_info.qmin + offset < 0 or not isa.accepts(in_info.qmax + offset, int(np.abs(w.astype(np.int16)).max(initial=0))):
+                return None
         bias = folded_bias(node, w, offset, round_up(cout, isa.BLOCK))
         if bias is None:
             return None
@@ -114,9 +122,11 @@ class CpuDepthwise:
                       (h, wd, c), build, tuple(cpu_depthwise.candidates(ow, c)), in_info.dtype)
 
 
-# Order matters: a CPU with VNNI also has AVX2 and must get the VNNI kernel; one with the dot
-# product also has NEON and must get sdot.
-RULES = (DotConv2d("x86-avx512-vnni", x86_vnni), DotConv2d("x86-avx2", x86_avx2), DotConv2d("arm-dotprod", arm_dotprod),
+# Order matters: a CPU with VNNI also has AVX2 and must get the VNNI kernel; a layer on which
+# vpmaddubsw is exact gets it before the general AVX2 kernel; a CPU with the dot product also has
+# NEON and must get sdot.
+RULES = (DotConv2d("x86-avx512-vnni", x86_vnni), DotConv2d("x86-avx2-maddubs", x86_avx2_maddubs),
+         DotConv2d("x86-avx2", x86_avx2), DotConv2d("arm-dotprod", arm_dotprod),
          DotConv2d("arm-neon", arm_neon), CpuDepthwise(), cuda_dp4a.CudaDp4aConv2d())
 
 

@@ -15,8 +15,6 @@ faster inside the kernel, at twice the activation bytes and a widening pass befo
 
 from __future__ import annotations
 
-import numpy as np
-import tvm
 
 from hwq.lower.kernels import dot_conv, intrin
 from hwq.lower.kernels.dot_conv import ConvTile
@@ -31,24 +29,9 @@ __all__ = ["BLOCK", "FEATURE", "IN_DTYPE", "ConvTile", "candidates", "conv_compu
            "pack_conv_weight", "schedule_conv"]
 
 
-def pack_conv_weight(w: np.ndarray) -> np.ndarray:
-    """int8 OIHW (O % 8 == 0, I % 4 == 0) -> [O/8, KH, KW, I/4, 2, 8, 2]: weight (c, k) of a block
-    at ``[k % 2, c, k // 2]``, so each ``vpmaddwd`` reads one contiguous 16-byte half."""
-    p = dot_conv.pack_conv_weight(w, BLOCK)                       # [..., 8, 4]
-    p = p.reshape(*p.shape[:-1], 2, 2)                            # [..., c, k // 2, k % 2]
-    return np.ascontiguousarray(np.moveaxis(p, -1, -3))           # [..., k % 2, c, k // 2]
-
-
-def conv_compute(n, hp, wp, cin, cout, kh, kw, stride, dilation, out_dtype, qmin, qmax, rq_dtype="int64"):
-    """TE definition: padded NHWC uint8 input, packed weight, per-channel epilogue -> NHWC."""
-    return dot_conv.conv_compute(n, hp, wp, cin, cout, kh, kw, stride, dilation, out_dtype, qmin, qmax, IN_DTYPE,
-                                 BLOCK, intrin.AVX2_TILE, intrin.avx2_tile_index, rq_dtype)
-
-
-def schedule_conv(func: tvm.tirx.PrimFunc, tile: ConvTile) -> tvm.tirx.PrimFunc:
-    """``dot_conv.schedule_conv`` with the 8x4 dot tensorized on ``vpmaddwd``."""
-    intrin.register()
-    return dot_conv.schedule_conv(func, tile, BLOCK, intrin.AVX2_8x4)
+# weight (c, k) of a block at [k % 2, c, k // 2]: each vpmaddwd reads one contiguous 16-byte half
+pack_conv_weight, conv_compute, schedule_conv = dot_conv.isa_functions(
+    BLOCK, IN_DTYPE, intrin.AVX2_8x4, intrin.AVX2_TILE, intrin.avx2_tile_index)
 
 
 def _fits(tw: int, ob: int) -> bool:

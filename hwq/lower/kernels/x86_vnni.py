@@ -7,8 +7,6 @@ bias), weights int8 in blocks of 16 output channels x 4 input channels, one zmm 
 
 from __future__ import annotations
 
-import numpy as np
-import tvm
 
 from hwq.lower.kernels import dot_conv, intrin
 from hwq.lower.kernels.dot_conv import ConvTile
@@ -22,21 +20,7 @@ __all__ = ["BLOCK", "FEATURE", "IN_DTYPE", "ConvTile", "candidates", "conv_compu
            "pack_conv_weight", "schedule_conv"]
 
 
-def pack_conv_weight(w: np.ndarray) -> np.ndarray:
-    """int8 OIHW (O % 16 == 0, I % 4 == 0) -> [O/16, KH, KW, I/4, 16, 4]."""
-    return dot_conv.pack_conv_weight(w, BLOCK)
-
-
-def conv_compute(n, hp, wp, cin, cout, kh, kw, stride, dilation, out_dtype, qmin, qmax, rq_dtype="int64"):
-    """TE definition: padded NHWC uint8 input, packed weight, per-channel epilogue -> NHWC."""
-    return dot_conv.conv_compute(n, hp, wp, cin, cout, kh, kw, stride, dilation, out_dtype, qmin, qmax, IN_DTYPE, BLOCK,
-                                 rq_dtype=rq_dtype)
-
-
-def schedule_conv(func: tvm.tirx.PrimFunc, tile: ConvTile) -> tvm.tirx.PrimFunc:
-    """``dot_conv.schedule_conv`` with the 16x4 dot tensorized on ``vpdpbusd``."""
-    intrin.register()
-    return dot_conv.schedule_conv(func, tile, BLOCK, intrin.VNNI_16x4)
+pack_conv_weight, conv_compute, schedule_conv = dot_conv.isa_functions(BLOCK, IN_DTYPE, intrin.VNNI_16x4)
 
 
 def candidates(ow: int, cout_p: int) -> list:
