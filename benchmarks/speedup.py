@@ -7,7 +7,9 @@ steal the cores from whatever runs next in the same process):
   its own MinMax calibration on the same images hwq calibrates on), tvm-fp32 (TVM's torch
   frontend, default schedules), hwq-int8, and hwq-w7a8: 7-bit weights (``LayerSpec(weight_bits=7)``),
   on which AVX2's ``vpmaddubsw`` cannot saturate (the instruction onnxruntime uses for every
-  layer; hwq uses it only where it is exact, so it is a precision choice, shown as its own row).
+  layer; hwq uses it only where it is exact, so it is a precision choice, shown as its own row),
+  and hwq-w4a8: 4-bit weights stored two per byte and unpacked in the kernels (post-training
+  quantized like the others: its agreement shows what 4 bits cost without QAT).
 For each engine: median latency at batch 1 and 16, top-1 agreement with torch fp32 on test
 images, and for hwq the per-layer kernel GOP/s against the target's int8 peak.
 
@@ -32,8 +34,10 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
-ENGINES = ["torch-fp32-eager", "torch-fp32-script", "ort-fp32", "ort-int8", "tvm-fp32", "hwq-int8", "hwq-w7a8"]
-HWQ_ENGINES = ("hwq-int8", "hwq-w7a8")
+ENGINES = ["torch-fp32-eager", "torch-fp32-script", "ort-fp32", "ort-int8", "tvm-fp32", "hwq-int8", "hwq-w7a8",
+           "hwq-w4a8"]
+HWQ_WEIGHT_BITS = {"hwq-int8": 8, "hwq-w7a8": 7, "hwq-w4a8": 4}
+HWQ_ENGINES = tuple(HWQ_WEIGHT_BITS)
 ONE_ROUND = ("tvm-fp32",)   # minutes per run at batch 16 and far behind: timed once
 BATCHES = (1, 16)
 MODELS = ("rescnn", "mobilenetv2")
@@ -141,7 +145,7 @@ def _build(engine, model, calib, workdir):
         from hwq.plan import BitPlan, LayerSpec
         from hwq.qat import quantize_ptq
 
-        plan = BitPlan(default=LayerSpec(weight_bits=7)) if engine == "hwq-w7a8" else BitPlan()
+        plan = BitPlan(default=LayerSpec(weight_bits=HWQ_WEIGHT_BITS[engine]))
         graph = quantize_ptq(model, calib, plan)
         cm = compile_model(graph, "x86-host")
         return (lambda x: cm(x.numpy())), ({} if os.environ.get("HWQ_BENCH_NO_LAYERS") else {"layers": _layer_rates(graph)})
@@ -227,6 +231,7 @@ def main():
     ap.add_argument("--models", default=",".join(MODELS))
     ap.add_argument("--engines", default=",".join(ENGINES))
     ap.add_argument("--rounds", type=int, default=3, help="interleaved runs per engine (median reported)")
+    ap.add_argument("--name", default="speedup", help="results/NAME.json and NAME.png (default speedup)")
     args = ap.parse_args()
     if args.engine:
         return run_engine(args.engine, args.models, args.out)
@@ -252,10 +257,10 @@ def main():
         results["models"][model_name] = {e: _merge_rounds(rs) for e, rs in runs.items()}
     print(format_table(results))
     RESULTS.mkdir(exist_ok=True)
-    tmp = RESULTS / "speedup.json.tmp"
+    tmp = RESULTS / f"{args.name}.json.tmp"
     tmp.write_text(json.dumps(results, indent=2))
-    tmp.replace(RESULTS / "speedup.json")
-    _plot(results)
+    tmp.replace(RESULTS / f"{args.name}.json")
+    _plot(results, RESULTS / f"{args.name}.png")
     return 0
 
 
@@ -294,7 +299,7 @@ def format_table(results) -> str:
     return "\n".join(lines)
 
 
-def _plot(results):
+def _plot(results, path):
     try:
         import matplotlib
         matplotlib.use("Agg")
@@ -313,8 +318,8 @@ def _plot(results):
         ax.set_xlabel("median latency, ms (log)")
         ax.set_title(f"{m}, batch {b}")
     fig.tight_layout()
-    fig.savefig(RESULTS / "speedup.png", dpi=100)
-    print(f"wrote {RESULTS / 'speedup.png'}")
+    fig.savefig(path, dpi=100)
+    print(f"wrote {path}")
 
 
 if __name__ == "__main__":

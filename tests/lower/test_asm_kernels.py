@@ -40,9 +40,10 @@ def test_dot_product_instruction_in_asm(graph, target, present, absent):
     _check_asm(graph, target, present, absent)
 
 
-def test_avx2_maddubs_in_asm_for_7_bit_weights():
+@pytest.mark.parametrize("weight_bits", [7, 4])
+def test_avx2_maddubs_in_asm_for_narrow_weights(weight_bits):
     model, shape, signed = zoo_models()["rescnn"]
-    graph = calibrated_graph(model, shape, signed, n=16, plan=BitPlan(default=LayerSpec(weight_bits=7)))[0]
+    graph = calibrated_graph(model, shape, signed, n=16, plan=BitPlan(default=LayerSpec(weight_bits=weight_bits)))[0]
     _check_asm(graph, "x86-avx2", "vpmaddubsw", "vpdpbusd")
 
 

@@ -69,9 +69,10 @@ def test_avx2_build_is_bit_exact(name):
 
 @pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64") or not _host_has("avx2"), reason="needs an AVX2 host")
 @pytest.mark.parametrize("name", sorted(MODELS))
-@pytest.mark.parametrize("weight_bits, act_bits", [(7, 8), (8, 7)])
+@pytest.mark.parametrize("weight_bits, act_bits", [(7, 8), (8, 7), (4, 8)])
 def test_avx2_maddubs_build_is_bit_exact(name, weight_bits, act_bits):
-    """vpmaddubsw where it cannot saturate (7-bit weights or activations), bit-exact."""
+    """vpmaddubsw where it cannot saturate (7-bit weights or activations; 4-bit weights packed
+    two per byte and unpacked in the kernel), bit-exact."""
     model, shape, signed = MODELS[name]
     graph, _ = calibrated_graph(model, shape, signed, plan=BitPlan(default=LayerSpec(weight_bits, act_bits)))
     cm = compile_model(graph, "x86-avx2")

@@ -90,12 +90,29 @@ def test_maddubs_only_where_it_cannot_saturate(weight_bits, act_bits, fast):
             # inputs start at 0 after the offset (a signed 7-bit input is shifted by 63, not 128)
             span = info.qmax - info.qmin if info.dtype == "int8" else info.qmax
             exact = 2 * span * int(np.abs(node.weight.astype(np.int16)).max()) <= 32767
-            assert (k.name == "x86-avx2-maddubs") == exact, (node.name, info)
+            assert (k.name in ("x86-avx2-maddubs", "x86-avx2-s4")) == exact, (node.name, info)
             if exact:
                 assert info.qmin + k.input_offset == (0 if info.dtype == "int8" else info.qmin)
-    fast_ones = sum(n == "x86-avx2-maddubs" for n in names)
+    fast_ones = sum(n in ("x86-avx2-maddubs", "x86-avx2-s4") for n in names)
     # with 8-bit weights and 7-bit activations, the model's 8-bit input layer stays on vpmaddwd
     assert {"none": fast_ones == 0, "all": fast_ones == len(names), "some": 0 < fast_ones < len(names)}[fast]
+
+
+def test_4_bit_weights_are_packed_two_per_byte():
+    model, shape, signed = zoo_models()["opsnet"]
+    graph = calibrated_graph(model, shape, signed, n=16, plan=BitPlan(default=LayerSpec(weight_bits=4)))[0]
+    t = load_target("x86-avx2")
+    node = next(n for n in graph.nodes if n.op == "conv2d" and n.groups == 1 and n.weight.shape[1] >= 4)  # no im2col
+    k = select_kernel(node, graph.tensors[node.input], graph.tensors[node.output], t)
+    assert k.name == "x86-avx2-s4" and k.params[0].dtype == np.uint8
+    w = np.zeros((k.out_channels, k.in_channels, *node.weight.shape[2:]), np.int8)
+    w[:node.weight.shape[0], :node.weight.shape[1]] = node.weight
+    assert k.params[0].nbytes * 2 == w.size                          # half the bytes of int8
+    packed = k.params[0]                                             # [O/8, KH, KW, I/4, 16]
+    lanes = np.concatenate([packed & 15, packed >> 4], axis=-1).astype(np.int16)
+    lanes = np.where(lanes > 7, lanes - 16, lanes)                   # tile lane j = channel * 4 + input
+    o, i = 8 + 3, 4 + 2                                              # block 1, channel 3; step 1, input 2
+    assert lanes[1, 0, 0, 1, 3 * 4 + 2] == w[o, i, 0, 0]
 
 
 def test_avx2_tile_pairs_inputs_0_2_and_1_3():

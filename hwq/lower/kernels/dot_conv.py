@@ -57,10 +57,11 @@ def conv_compute(n, hp, wp, cin, cout, kh, kw, stride, dilation, out_dtype, qmin
 
 
 def packed_conv_compute(n, hp, wp, cin, cout, kh, kw, stride, dilation, out_dtype, qmin, qmax, in_dtype, w_shape, w_at,
-                        rq_dtype="int64"):
+                        rq_dtype="int64", weight=None):
     """The integer NHWC conv of every hwq kernel, for any packed weight layout: ``W`` has shape
     ``w_shape`` and weight (output o, tap rh, rw, input rc) is ``W[w_at(o, rh, rw, rc)]``; the
-    requantization arrays are ``rq_dtype`` (see ``epilogue``).
+    requantization arrays are ``rq_dtype`` (see ``epilogue``). ``weight``, when given, is the
+    int8 weight tensor to read instead of a placeholder of ``w_shape`` (an unpacking stage).
 
     Returns ``[X, W, bias, mult, shift, out]``; ``out`` is ``(n, OH, OW, cout)`` in ``out_dtype``
     (the int32 accumulator plus bias when ``out_dtype`` is ``'int32'``).
@@ -68,7 +69,7 @@ def packed_conv_compute(n, hp, wp, cin, cout, kh, kw, stride, dilation, out_dtyp
     oh = (hp - dilation[0] * (kh - 1) - 1) // stride[0] + 1
     ow = (wp - dilation[1] * (kw - 1) - 1) // stride[1] + 1
     X = te.placeholder((n, hp, wp, cin), in_dtype, name="X")
-    W = te.placeholder(w_shape, "int8", name="W")
+    W = weight if weight is not None else te.placeholder(w_shape, "int8", name="W")
     B = te.placeholder((cout,), "int32", name="bias")
     M = te.placeholder((cout,), rq_dtype, name="mult")
     S = te.placeholder((cout,), rq_dtype, name="shift")
@@ -111,8 +112,14 @@ def epilogue(acc, bias, mult, shift, out_dtype, qmin, qmax):
     return tirx.max(tirx.min(y, tirx.const(qmax, "int64")), tirx.const(qmin, "int64")).astype(out_dtype)
 
 
-def schedule_conv(func: tvm.tirx.PrimFunc, tile: ConvTile, block: int, intrin: str) -> tvm.tirx.PrimFunc:
-    """Tile, parallelize over rows, tensorize the ``block x 4`` dot with ``intrin``, fuse the epilogue."""
+def schedule_conv(func: tvm.tirx.PrimFunc, tile: ConvTile, block: int, intrin: str,
+                  unpack: str | None = None) -> tvm.tirx.PrimFunc:
+    """Tile, parallelize over rows, tensorize the ``block x 4`` dot with ``intrin``, fuse the epilogue.
+
+    ``unpack`` names a block that produces the int8 weights from a narrower packed form
+    (``x86_avx2_s4``): it is computed right before each reduction step, for the step's ``ob``
+    weight tiles only, so the unpacked weights live in registers and never in memory.
+    """
     sch = tvm.s_tir.Schedule(func)
     bias_as_init(sch)
     acc, out = sch.get_sblock("acc"), sch.get_sblock("out")
@@ -124,6 +131,12 @@ def schedule_conv(func: tvm.tirx.PrimFunc, tile: ConvTile, block: int, intrin: s
     # a thread-pool wake-up each)
     sch.reorder(y, b, xo, oo, rh, rw, co, xi, om, oi, ci)
     sch.reverse_compute_at(out, oo)
+    if unpack is not None:
+        ub = sch.get_sblock(unpack)
+        sch.compute_at(ub, co)
+        *_, half, lanes = sch.get_loops(ub)
+        sch.vectorize(lanes)
+        sch.unroll(half)
     sch.parallel(y)
     sch.decompose_reduction(acc, rh)
     sch.tensorize(oi, intrin)

@@ -39,6 +39,7 @@ int16 before ``sadalp`` would overflow (2 x 16384 > 32767), so each product vect
 
 from __future__ import annotations
 
+import tvm
 from tvm.s_tir import TensorIntrin
 from tvm.script import tirx as T
 
@@ -49,6 +50,7 @@ SDOT_4x4 = "hwq_dot_4x4_s8s8s32_sdot"
 AVX2_8x4 = "hwq_dot_8x4_u8s8s32_avx2"
 AVX2_TILE = (2, 8, 2)   # the AVX2 intrinsic's weight tile, see avx2_tile_index
 MADDUBS_8x4 = "hwq_dot_8x4_u8s8s32_avx2_maddubs"
+MADDUBS_8x4_S4 = "hwq_dot_8x4_u8s8s32_avx2_maddubs_t2x16"   # the same on a tile laid out [j // 16, j % 16]
 NEON_8x4 = "hwq_dot_8x4_s8s8s32_neon"
 NEON_TILE = (2, 8, 2)   # the NEON intrinsic's weight tile, see neon_tile_index
 
@@ -126,18 +128,31 @@ def _avx2_8x4_impl(A: T.Buffer((4,), "uint8", offset_factor=1), B: T.Buffer((2, 
         C[T.ramp(T.int32(0), 1, 8)] = C.vload([0], dtype="int32x8") + (p02 + p13)
 
 
-@T.prim_func(s_tir=True)
-def _maddubs_8x4_impl(A: T.Buffer((4,), "uint8", offset_factor=1), B: T.Buffer((8, 4), "int8", offset_factor=1),
-                      C: T.Buffer((8,), "int32", offset_factor=1)) -> None:
-    with T.sblock("root"):
-        T.reads(C[0:8], A[0:4], B[0:8, 0:4])
-        T.writes(C[0:8])
-        a = T.reinterpret(T.broadcast(T.reinterpret(A.vload([0], "uint8x4"), dtype="int32"), 8), dtype="uint8x32")
-        p16 = T.call_llvm_pure_intrin(T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.ub.sw"), a,
-                                      B.vload([0, 0], "int8x32"), dtype="int16x16")
-        p32 = T.call_llvm_pure_intrin(T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.wd"), p16,
-                                      T.broadcast(T.int16(1), 16), dtype="int32x8")
-        C[T.ramp(T.int32(0), 1, 8)] = C.vload([0], dtype="int32x8") + p32
+def _maddubs_impl(tile):
+    """One ``vpmaddubsw`` + ``vpmaddwd`` by ones + ``vpaddd``; the 32 weight bytes are contiguous in
+    either tile shape, ``(8, 4)`` or ``(2, 16)``."""
+    whole = tuple(slice(0, d) for d in tile)
+    origin = [0] * len(tile)
+
+    @T.prim_func(s_tir=True)
+    def impl(A: T.Buffer((4,), "uint8", offset_factor=1), B: T.Buffer(tile, "int8", offset_factor=1),
+             C: T.Buffer((8,), "int32", offset_factor=1)) -> None:
+        with T.sblock("root"):
+            T.reads(C[0:8], A[0:4], B[whole])
+            T.writes(C[0:8])
+            a = T.reinterpret(T.broadcast(T.reinterpret(A.vload([0], "uint8x4"), dtype="int32"), 8), dtype="uint8x32")
+            p16 = T.call_llvm_pure_intrin(T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.ub.sw"), a,
+                                          B.vload(origin, "int8x32"), dtype="int16x16")
+            p32 = T.call_llvm_pure_intrin(T.llvm_lookup_intrinsic_id("llvm.x86.avx2.pmadd.wd"), p16,
+                                          T.broadcast(T.int16(1), 16), dtype="int32x8")
+            C[T.ramp(T.int32(0), 1, 8)] = C.vload([0], dtype="int32x8") + p32
+
+    return impl
+
+
+def s4_tile_index(c, k):
+    """Where lane ``j = c * 4 + k`` of an unpacked 4-bit tile sits: ``[j // 16, j % 16]``."""
+    return (c * 4 + k) // 16, (c * 4 + k) % 16
 
 
 @T.prim_func(s_tir=True)
@@ -165,7 +180,8 @@ def _neon_8x4_impl(A: T.Buffer((4,), "int8", offset_factor=1), B: T.Buffer((2, 8
 _INTRINSICS = {VNNI_16x4: (lambda: _dot_desc(16, "uint8"), _vnni_16x4_impl),
                SDOT_4x4: (lambda: _dot_desc(4, "int8"), _sdot_4x4_impl),
                AVX2_8x4: (lambda: _dot_desc(8, "uint8", AVX2_TILE, avx2_tile_index), _avx2_8x4_impl),
-               MADDUBS_8x4: (lambda: _dot_desc(8, "uint8"), _maddubs_8x4_impl),
+               MADDUBS_8x4: (lambda: _dot_desc(8, "uint8"), lambda: _maddubs_impl((8, 4))),
+               MADDUBS_8x4_S4: (lambda: _dot_desc(8, "uint8", (2, 16), s4_tile_index), lambda: _maddubs_impl((2, 16))),
                NEON_8x4: (lambda: _dot_desc(8, "int8", NEON_TILE, neon_tile_index), _neon_8x4_impl)}
 
 
@@ -175,4 +191,4 @@ def register() -> None:
         try:
             TensorIntrin.get(name)
         except Exception:  # TVM raises a ValueError/TVMError for an unknown name, depending on the build
-            TensorIntrin.register(name, desc(), impl)
+            TensorIntrin.register(name, desc(), impl if isinstance(impl, tvm.tirx.PrimFunc) else impl())

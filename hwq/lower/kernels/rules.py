@@ -7,7 +7,7 @@ from tvm import te, tirx
 
 from hwq import qgraph as qg
 from hwq.lower.kernels import (arm_dotprod, arm_neon, cpu_depthwise, cuda_dp4a, dot_conv, tuning, x86_avx2,
-                               x86_avx2_maddubs, x86_vnni)
+                               x86_avx2_maddubs, x86_avx2_s4, x86_vnni)
 from hwq.lower.kernels.conv_params import (OPAQUE, Kernel, conv_geometry, folded_bias, largest_divisor,
                                            requant_params, round_up)
 from hwq.target import Target
@@ -125,7 +125,8 @@ class CpuDepthwise:
 # Order matters: a CPU with VNNI also has AVX2 and must get the VNNI kernel; a layer on which
 # vpmaddubsw is exact gets it before the general AVX2 kernel; a CPU with the dot product also has
 # NEON and must get sdot.
-RULES = (DotConv2d("x86-avx512-vnni", x86_vnni), DotConv2d("x86-avx2-maddubs", x86_avx2_maddubs),
+RULES = (DotConv2d("x86-avx512-vnni", x86_vnni), DotConv2d("x86-avx2-s4", x86_avx2_s4),
+         DotConv2d("x86-avx2-maddubs", x86_avx2_maddubs),
          DotConv2d("x86-avx2", x86_avx2), DotConv2d("arm-dotprod", arm_dotprod),
          DotConv2d("arm-neon", arm_neon), CpuDepthwise(), cuda_dp4a.CudaDp4aConv2d())
 
