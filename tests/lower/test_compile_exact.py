@@ -53,30 +53,15 @@ def _host_has(feature: str) -> bool:
 
 @pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64") or not _host_has("avx2"), reason="needs an AVX2 host")
 @pytest.mark.parametrize("name", sorted(MODELS))
-def test_avx2_build_is_bit_exact(name):
-    """The AVX2 (vpmaddwd) kernels on any AVX2 host, whatever x86-host builds here."""
-    model, shape, signed = MODELS[name]
-    graph, _ = calibrated_graph(model, shape, signed)
-    cm = compile_model(graph, "x86-avx2")
-    g = torch.Generator().manual_seed(7)
-    x = (torch.randn(16, *shape, generator=g) * 1.5) if signed else torch.rand(16, *shape, generator=g) * 1.2
-    xi = quantize_input(graph, x)
-    ref = run_reference(graph, xi).numpy()
-    for batch in (1, 16):
-        out = cm.run_int(xi[:batch].numpy().astype(graph.input.dtype))
-        assert np.array_equal(out.astype(np.int64), ref[:batch]), f"{name}: {int((out != ref[:batch]).sum())} differ"
-
-
-@pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64") or not _host_has("avx2"), reason="needs an AVX2 host")
-@pytest.mark.parametrize("name", sorted(MODELS))
-@pytest.mark.parametrize("weight_bits, act_bits", [(7, 8), (8, 7), (4, 8)])
-def test_avx2_maddubs_build_is_bit_exact(name, weight_bits, act_bits):
-    """vpmaddubsw where it cannot saturate (7-bit weights or activations; 4-bit weights packed
-    two per byte and unpacked in the kernel), bit-exact."""
+@pytest.mark.parametrize("weight_bits, act_bits", [(8, 8), (7, 8), (8, 7), (4, 8)])
+def test_avx2_build_is_bit_exact(name, weight_bits, act_bits):
+    """The AVX2 kernels on any AVX2 host, whatever x86-host builds here: vpmaddwd for int8, and
+    vpmaddubsw where it cannot saturate (7-bit weights or activations; 4-bit weights packed two
+    per byte and unpacked in the kernel)."""
     model, shape, signed = MODELS[name]
     graph, _ = calibrated_graph(model, shape, signed, plan=BitPlan(default=LayerSpec(weight_bits, act_bits)))
     cm = compile_model(graph, "x86-avx2")
-    g = torch.Generator().manual_seed(8)
+    g = torch.Generator().manual_seed(7)
     x = (torch.randn(16, *shape, generator=g) * 1.5) if signed else torch.rand(16, *shape, generator=g) * 1.2
     xi = quantize_input(graph, x)
     ref = run_reference(graph, xi).numpy()

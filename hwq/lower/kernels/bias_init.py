@@ -18,16 +18,19 @@ from tvm.ir.prim import expr as P
 from tvm.s_tir import SBlock
 
 
-def _is_load_of(e, buf) -> bool:
+def _load_of(e, buf):
+    """``e`` as a load of ``buf`` (under at most one cast), else None."""
     if isinstance(e, P.Cast):
         e = e.value
-    return isinstance(e, ir.expr.TensorLoad) and e.source.same_as(buf)
+    return e if isinstance(e, ir.expr.TensorLoad) and e.source.same_as(buf) else None
 
 
 def _drop_add_of(e, buf, found: list):
-    """``e`` with its (single) ``x + buf[...]`` (or ``x + cast(buf[...])``) replaced by ``x``."""
-    if isinstance(e, P.Add) and _is_load_of(e.b, buf):
-        found.append(e.b)
+    """``e`` with every ``x + buf[...]`` (or ``x + cast(buf[...])``) replaced by ``x``; the
+    dropped loads are appended to ``found``."""
+    load = _load_of(e.b, buf) if isinstance(e, P.Add) else None
+    if load is not None:
+        found.append(load)
         return _drop_add_of(e.a, buf, found)
     if isinstance(e, P.BinaryOpExpr):
         return type(e)(_drop_add_of(e.a, buf, found), _drop_add_of(e.b, buf, found))
@@ -48,9 +51,8 @@ def bias_as_init(sch, acc_block: str = "acc", out_block: str = "out", bias_name:
     found: list = []
     value = _drop_add_of(out.body.value, bias, found)
     init = acc.init
-    load = found[0].value if len(found) == 1 and isinstance(found[0], P.Cast) else (found or [None])[0]
     # one add, indexed by the output channel (the last axis of both blocks)
-    if len(found) != 1 or len(load.indices) != 1 or not load.indices[0].same_as(out.body.indices[-1]):
+    if len(found) != 1 or len(found[0].indices) != 1 or not found[0].indices[0].same_as(out.body.indices[-1]):
         return False
     channel = init.indices[-1]
     # the bias stays out of the update's read regions: tensor intrinsics match them exactly

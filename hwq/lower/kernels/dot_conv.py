@@ -21,6 +21,7 @@ import numpy as np
 import tvm
 from tvm import te, tirx
 
+from hwq.lower.kernels import intrin
 from hwq.lower.kernels.bias_init import bias_as_init
 
 
@@ -152,8 +153,6 @@ def isa_functions(block: int, in_dtype: str, intrin_name: str, w_tile=None, w_in
     instruction sequence, registered as ``intrin_name``) computes a ``block x 4`` dot reading
     activations as ``in_dtype``, with weight (channel c, input k) of its tile at ``w_index(c, k)``
     in a ``w_tile``-shaped tile (default the plain ``(block, 4)``)."""
-    from hwq.lower.kernels import intrin
-
     tile = tuple(w_tile or (block, 4))
 
     def pack(w: np.ndarray) -> np.ndarray:

@@ -39,7 +39,6 @@ int16 before ``sadalp`` would overflow (2 x 16384 > 32767), so each product vect
 
 from __future__ import annotations
 
-import tvm
 from tvm.s_tir import TensorIntrin
 from tvm.script import tirx as T
 
@@ -177,12 +176,13 @@ def _neon_8x4_impl(A: T.Buffer((4,), "int8", offset_factor=1), B: T.Buffer((2, 8
             T.call_llvm_pure_intrin(T.llvm_lookup_intrinsic_id("llvm.aarch64.neon.saddlp.v4i32.v8i16"), p3, dtype="int32x4")
 
 
-_INTRINSICS = {VNNI_16x4: (lambda: _dot_desc(16, "uint8"), _vnni_16x4_impl),
-               SDOT_4x4: (lambda: _dot_desc(4, "int8"), _sdot_4x4_impl),
-               AVX2_8x4: (lambda: _dot_desc(8, "uint8", AVX2_TILE, avx2_tile_index), _avx2_8x4_impl),
+# name -> (description factory, implementation factory): built at registration only
+_INTRINSICS = {VNNI_16x4: (lambda: _dot_desc(16, "uint8"), lambda: _vnni_16x4_impl),
+               SDOT_4x4: (lambda: _dot_desc(4, "int8"), lambda: _sdot_4x4_impl),
+               AVX2_8x4: (lambda: _dot_desc(8, "uint8", AVX2_TILE, avx2_tile_index), lambda: _avx2_8x4_impl),
                MADDUBS_8x4: (lambda: _dot_desc(8, "uint8"), lambda: _maddubs_impl((8, 4))),
                MADDUBS_8x4_S4: (lambda: _dot_desc(8, "uint8", (2, 16), s4_tile_index), lambda: _maddubs_impl((2, 16))),
-               NEON_8x4: (lambda: _dot_desc(8, "int8", NEON_TILE, neon_tile_index), _neon_8x4_impl)}
+               NEON_8x4: (lambda: _dot_desc(8, "int8", NEON_TILE, neon_tile_index), lambda: _neon_8x4_impl)}
 
 
 def register() -> None:
@@ -191,4 +191,4 @@ def register() -> None:
         try:
             TensorIntrin.get(name)
         except Exception:  # TVM raises a ValueError/TVMError for an unknown name, depending on the build
-            TensorIntrin.register(name, desc(), impl if isinstance(impl, tvm.tirx.PrimFunc) else impl())
+            TensorIntrin.register(name, desc(), impl())

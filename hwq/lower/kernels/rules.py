@@ -8,8 +8,7 @@ from tvm import te, tirx
 from hwq import qgraph as qg
 from hwq.lower.kernels import (arm_dotprod, arm_neon, cpu_depthwise, cuda_dp4a, dot_conv, tuning, x86_avx2,
                                x86_avx2_maddubs, x86_avx2_s4, x86_vnni)
-from hwq.lower.kernels.conv_params import (OPAQUE, Kernel, conv_geometry, folded_bias, largest_divisor,
-                                           requant_params, round_up)
+from hwq.lower.kernels.conv_params import OPAQUE, Kernel, conv_geometry, folded_bias, requant_params, round_up
 from hwq.target import Target
 
 # per target kind, the features for which hwq has NHWC dot-product kernels
