@@ -18,7 +18,7 @@ class TargetError(HwqError, ValueError):
 
 
 class DataError(HwqError, ValueError):
-    """A data set is missing or its files are corrupt."""
+    """Input data is missing, corrupt, or not of the shape and dtype a model takes."""
 
 
 class UnsupportedOpError(HwqError, ValueError):

@@ -12,7 +12,7 @@ import torch
 import tvm
 
 from conftest import calibrated_graph, zoo_models
-from hwq.errors import ArtifactError, TargetError
+from hwq.errors import ArtifactError, DataError, TargetError
 from hwq.lower import compile_model, load_model
 from hwq.lower.kernels import layout_for
 from hwq.plan import BitPlan, LayerSpec
@@ -89,6 +89,28 @@ def test_float_entry_point_matches_reference(built):
     expected = dequantize_output(graph, run_reference(graph, quantize_input(graph, x))).numpy()
     assert np.array_equal(cm(x.numpy()), expected)
 
+
+
+def test_calls_reuse_no_memory_the_caller_holds(built):
+    """The input is staged in a buffer kept per shape: results of earlier calls must not change, a
+    strided or unaligned input gives what its contiguous copy gives, and a wrong dtype is refused."""
+    name, graph, cm, shape, signed = built
+    g = torch.Generator().manual_seed(7)
+    x = (torch.randn(6, *shape, generator=g) if signed else torch.rand(6, *shape, generator=g)).numpy()
+    first = cm(x[:3])
+    kept = first.copy()
+    second = cm(x[3:])
+    assert np.array_equal(first, kept)                     # not overwritten by the second call
+    assert not np.array_equal(first, second)
+    assert np.array_equal(cm(x[::2]), cm(np.ascontiguousarray(x[::2])))
+    raw = np.empty(x[:2].nbytes + 1, np.uint8)[1:].view(np.float32).reshape(x[:2].shape)   # unaligned
+    raw[...] = x[:2]
+    assert np.array_equal(cm(raw), cm(x[:2]))
+    xi = quantize_input(graph, torch.from_numpy(x[:2])).numpy()
+    with pytest.raises(DataError, match=rf"dtype int64; this model takes \(N, .*\) {graph.input.dtype}"):
+        cm.run_int(xi.astype(np.int64))
+    with pytest.raises(DataError, match=r"shape \(2, 5\)"):
+        cm(np.zeros((2, 5), np.float32))
 
 def test_artifact_round_trip_and_corruption(tmp_path):
     model, shape, signed = MODELS["rescnn"]
