@@ -18,6 +18,7 @@ from tvm import relax, tirx
 from hwq import qgraph as qg
 from hwq.errors import ConfigError
 from hwq.lower.kernels import Kernel, layout_for, select_kernel
+from hwq.lower.kernels.conv_params import ResidualAdd
 
 
 def _const(a, dtype):
@@ -29,6 +30,9 @@ class _Emitter:
         self.bb, self.graph, self.batch, self.target = bb, graph, batch, target
         self.layout = layout_for(target)
         self.kernels_used: list = []
+        self.env: dict = {}
+        self.fusable = _fusable_adds(graph) if self.layout == "NHWC" else {}
+        self.fused: set = set()   # names of the add nodes a conv kernel took into its epilogue
 
     def emit(self, expr):
         return self.bb.emit(expr)
@@ -71,7 +75,13 @@ class _Emitter:
         gv = self.bb.add_func(kernel.func.with_attr("global_symbol", name), name)
         self.kernels_used.append((node.name, kernel.name))
         params = [_const(p, str(p.dtype)) for p in kernel.params]   # relax.const narrows int64 otherwise
-        out_ty = relax.TensorType([self.batch, *kernel.out_shape], self.dtype(node.output))
+        if kernel.residual is not None:
+            add, other = self.fusable[node.output]
+            params.append(self.env[other])
+            self.fused.add(add.name)
+            out_ty = relax.TensorType([self.batch, *kernel.out_shape], self.dtype(add.output))
+        else:
+            out_ty = relax.TensorType([self.batch, *kernel.out_shape], self.dtype(node.output))
         y = self.emit(relax.call_tir(gv, [x, *params], out_ty))
         if kernel.out_channels != true_channels:
             y = self.emit(relax.op.strided_slice(y, axes=[3], begin=[0], end=[true_channels]))
@@ -81,7 +91,14 @@ class _Emitter:
         return self.emit(relax.op.astype(self.emit(relax.op.clip(x, qmin, qmax)), dtype))
 
     def _kernel(self, node):
-        return select_kernel(node, self.graph.tensors[node.input], self.graph.tensors[node.output], self.target)
+        residual = None
+        if node.output in self.fusable:
+            add, other = self.fusable[node.output]
+            mine = add.inputs.index(node.output)
+            residual = ResidualAdd(self.dtype(other), add.multipliers[mine], add.multipliers[1 - mine], add.shift,
+                                   add.qmin, add.qmax, self.dtype(add.output))
+        return select_kernel(node, self.graph.tensors[node.input], self.graph.tensors[node.output], self.target,
+                             residual=residual)
 
     def conv2d(self, x, node: qg.Conv2d):
         kernel = self._kernel(node)
@@ -136,20 +153,49 @@ class _Emitter:
     def body(self, x):
         if self.layout == "NHWC":
             x = self.emit(relax.op.permute_dims(x, [0, 2, 3, 1]))
-        env = {self.graph.input.name: x}
+        env = self.env
+        env[self.graph.input.name] = x
         for node in self.graph.nodes:
+            if node.op == "add" and node.name in self.fused:
+                continue                                    # the conv that produced an input wrote it
             if node.op == "add":
                 env[node.output] = self.add(env[node.inputs[0]], env[node.inputs[1]], node)
             elif node.op == "clamp":
                 env[node.output] = self.cast_clip(env[node.input], node.qmin, node.qmax, self.dtype(node.output))
             elif hasattr(self, node.op):
                 env[node.output] = getattr(self, node.op)(env[node.input], node)
+                fused = self.fusable.get(node.output)
+                if fused is not None and fused[0].name in self.fused:
+                    env[fused[0].output] = env.pop(node.output)   # the kernel's output is the add's
             else:
                 raise ConfigError(f"QGraph node {node.name!r} has op {node.op!r} that the Relax lowering lacks")
         out = env[self.graph.output]
         if self.layout == "NHWC" and len(self.graph.output_info.shape) == 3:
             out = self.emit(relax.op.permute_dims(out, [0, 3, 1, 2]))
         return out
+
+
+def _fusable_adds(graph: qg.QGraph) -> dict:
+    """``{conv output: (add node, the add's other input)}`` for each add whose input comes from a
+    conv2d that nothing else reads and whose other input exists before that conv runs:
+    the conv's kernel may then do the add in its epilogue (one pass and one call fewer)."""
+    readers: dict = {}
+    for node in graph.nodes:
+        for name in getattr(node, "inputs", None) or (node.input,):
+            readers[name] = readers.get(name, 0) + 1
+    readers[graph.output] = readers.get(graph.output, 0) + 1
+    producer = {node.output: i for i, node in enumerate(graph.nodes)}
+    out = {}
+    for node in graph.nodes:
+        if node.op != "add" or node.inputs[0] == node.inputs[1]:
+            continue
+        for mine, other in (node.inputs, node.inputs[::-1]):
+            conv = producer.get(mine)
+            if (conv is not None and graph.nodes[conv].op == "conv2d" and readers[mine] == 1
+                    and producer.get(other, -1) < conv and mine not in out):
+                out[mine] = (node, other)
+                break
+    return out
 
 
 def build_relax_module(graph: qg.QGraph, target=None) -> tvm.IRModule:

@@ -40,6 +40,32 @@ class Kernel:
     rebuild: object = None   # tile -> PrimFunc of the same workload (for tuning)
     candidates: tuple = ()   # tiles a search may try
     in_dtype: str = "uint8"  # what the PrimFunc reads (and ``pre`` writes)
+    residual: ResidualAdd | None = None   # fused: the PrimFunc takes the add's other input after ``params``
+
+
+@dataclass(frozen=True)
+class ResidualAdd:
+    """A residual add fused into the epilogue of the conv that produces one of its inputs:
+    ``clamp((y * m_self + r * m_other + 2^(shift-1)) >> shift, qmin, qmax)`` in int64, ``y`` the
+    conv's requantized output, ``r`` the other input (a tensor of the conv's output shape), exactly
+    ``hwq.qgraph.Add``; the kernel then writes the add's output, in ``out_dtype``."""
+
+    dtype: str               # the other input's dtype
+    m_self: int
+    m_other: int
+    shift: int
+    qmin: int
+    qmax: int
+    out_dtype: str
+
+    def apply(self, y, r):
+        """The add on the conv's clamped integer ``y`` and the other input's element ``r``."""
+        from tvm import tirx
+
+        i64 = lambda v: tirx.const(v, "int64")   # noqa: E731
+        s = (y.astype("int64") * i64(self.m_self) + r.astype("int64") * i64(self.m_other)
+             + i64(1 << (self.shift - 1))) >> i64(self.shift)
+        return tirx.max(tirx.min(s, i64(self.qmax)), i64(self.qmin)).astype(self.out_dtype)
 
 
 def round_up(v: int, m: int) -> int:

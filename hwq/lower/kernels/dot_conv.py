@@ -44,7 +44,7 @@ def _plain_tile(c, k):
 
 
 def conv_compute(n, hp, wp, cin, cout, kh, kw, stride, dilation, out_dtype, qmin, qmax, in_dtype, block,
-                 w_tile=None, w_index=_plain_tile, rq_dtype="int64"):
+                 w_tile=None, w_index=_plain_tile, rq_dtype="int64", residual=None):
     """TE definition: padded NHWC input, packed weight, per-channel bias/multiplier/shift -> NHWC.
 
     One instruction's ``block x 4`` weights are a ``w_tile``-shaped tile (default ``(block, 4)``)
@@ -54,18 +54,22 @@ def conv_compute(n, hp, wp, cin, cout, kh, kw, stride, dilation, out_dtype, qmin
     return packed_conv_compute(
         n, hp, wp, cin, cout, kh, kw, stride, dilation, out_dtype, qmin, qmax, in_dtype,
         (cout // block, kh, kw, cin // 4, *(w_tile or (block, 4))),
-        lambda o, rh, rw, rc: (o // block, rh, rw, rc // 4, *w_index(o % block, rc % 4)), rq_dtype)
+        lambda o, rh, rw, rc: (o // block, rh, rw, rc // 4, *w_index(o % block, rc % 4)), rq_dtype,
+        residual=residual)
 
 
 def packed_conv_compute(n, hp, wp, cin, cout, kh, kw, stride, dilation, out_dtype, qmin, qmax, in_dtype, w_shape, w_at,
-                        rq_dtype="int64", weight=None):
+                        rq_dtype="int64", weight=None, residual=None):
     """The integer NHWC conv of every hwq kernel, for any packed weight layout: ``W`` has shape
     ``w_shape`` and weight (output o, tap rh, rw, input rc) is ``W[w_at(o, rh, rw, rc)]``; the
     requantization arrays are ``rq_dtype`` (see ``epilogue``). ``weight``, when given, is the
     int8 weight tensor to read instead of a placeholder of ``w_shape`` (an unpacking stage).
+    ``residual`` (``conv_params.ResidualAdd``), when given, adds a residual input ``R`` of the
+    output's shape in the epilogue, and ``out`` is then the add's output.
 
-    Returns ``[X, W, bias, mult, shift, out]``; ``out`` is ``(n, OH, OW, cout)`` in ``out_dtype``
-    (the int32 accumulator plus bias when ``out_dtype`` is ``'int32'``).
+    Returns ``[X, W, bias, mult, shift, out]`` (``[X, W, bias, mult, shift, R, out]`` with a
+    residual); ``out`` is ``(n, OH, OW, cout)`` in ``out_dtype`` (the int32 accumulator plus bias
+    when ``out_dtype`` is ``'int32'``).
     """
     oh = (hp - dilation[0] * (kh - 1) - 1) // stride[0] + 1
     ow = (wp - dilation[1] * (kw - 1) - 1) // stride[1] + 1
@@ -81,12 +85,17 @@ def packed_conv_compute(n, hp, wp, cin, cout, kh, kw, stride, dilation, out_dtyp
             X[b, y * stride[0] + rh * dilation[0], x * stride[1] + rw * dilation[1], rc].astype("int32")
             * W[w_at(o, rh, rw, rc)].astype("int32"), axis=[rh, rw, rc]),
         name="acc")
-    out = te.compute((n, oh, ow, cout), lambda b, y, x, o: epilogue(acc[b, y, x, o], B[o], M[o], S[o], out_dtype, qmin, qmax),
-                     name="out")
-    return [X, W, B, M, S, out]
+    if residual is None:
+        out = te.compute((n, oh, ow, cout), lambda b, y, x, o: epilogue(acc[b, y, x, o], B[o], M[o], S[o], out_dtype,
+                                                                        qmin, qmax), name="out")
+        return [X, W, B, M, S, out]
+    R = te.placeholder((n, oh, ow, cout), residual.dtype, name="R")
+    out = te.compute((n, oh, ow, cout), lambda b, y, x, o: residual.apply(
+        epilogue(acc[b, y, x, o], B[o], M[o], S[o], "int32", qmin, qmax, requantize=True), R[b, y, x, o]), name="out")
+    return [X, W, B, M, S, R, out]
 
 
-def epilogue(acc, bias, mult, shift, out_dtype, qmin, qmax):
+def epilogue(acc, bias, mult, shift, out_dtype, qmin, qmax, requantize=None):
     """``v = acc + bias``, then (unless the output is the int32 ``v``) ``hwq.fixed_point``'s
     requantization ``(v * M + 2^(n-1)) >> n``, clamp, cast.
 
@@ -101,9 +110,12 @@ def epilogue(acc, bias, mult, shift, out_dtype, qmin, qmax):
     and ``|hi| < 2^30`` keeps the rounding add inside int32. The schedules move the bias into the
     accumulator's initial value (``bias_as_init``): TVM and LLVM widen ``int64(acc + bias)`` into
     ``int64(acc) + int64(bias)``, and a multiply-high is no longer recognizable after that.
+
+    ``requantize`` forces the requantization (default: unless ``out_dtype`` is int32), for an
+    epilogue that goes on with the clamped value (a fused residual add) in ``out_dtype`` int32.
     """
     v = acc + bias
-    if out_dtype == "int32":
+    if not (requantize if requantize is not None else out_dtype != "int32"):
         return v
     if mult.dtype == "int32":
         hi = ((v.astype("int64") * mult.astype("int64")) >> tirx.const(32, "int64")).astype("int32")
@@ -164,10 +176,12 @@ def isa_functions(block: int, in_dtype: str, intrin_name: str, w_tile=None, w_in
                 out[(..., *w_index(c, k))] = plain[..., c, k]
         return out
 
-    def compute(n, hp, wp, cin, cout, kh, kw, stride, dilation, out_dtype, qmin, qmax, rq_dtype="int64"):
-        """TE definition: padded NHWC input, packed weight, per-channel epilogue -> NHWC."""
+    def compute(n, hp, wp, cin, cout, kh, kw, stride, dilation, out_dtype, qmin, qmax, rq_dtype="int64",
+                residual=None):
+        """TE definition: padded NHWC input, packed weight, per-channel epilogue (and a fused
+        residual add) -> NHWC."""
         return conv_compute(n, hp, wp, cin, cout, kh, kw, stride, dilation, out_dtype, qmin, qmax, in_dtype, block,
-                            w_tile, w_index, rq_dtype)
+                            w_tile, w_index, rq_dtype, residual)
 
     def schedule(func: tvm.tirx.PrimFunc, tile_: ConvTile) -> tvm.tirx.PrimFunc:
         """``schedule_conv`` with the dot tensorized on the ISA's intrinsic."""

@@ -8,7 +8,8 @@ from tvm import te, tirx
 from hwq import qgraph as qg
 from hwq.lower.kernels import (arm_dotprod, arm_neon, cpu_depthwise, cuda_dp4a, dot_conv, tuning, x86_avx2,
                                x86_avx2_maddubs, x86_avx2_s4, x86_vnni)
-from hwq.lower.kernels.conv_params import OPAQUE, Kernel, conv_geometry, folded_bias, requant_params, round_up
+from hwq.lower.kernels.conv_params import (OPAQUE, Kernel, ResidualAdd, conv_geometry, folded_bias, requant_params,
+                                              round_up)
 from hwq.target import Target
 
 # per target kind, the features for which hwq has NHWC dot-product kernels
@@ -25,10 +26,13 @@ class DotConv2d:
     compute / schedule / weight packing and its register tiles.
     """
 
+    fuses_residual = True   # see select_kernel
+
     def __init__(self, name: str, isa):
         self.name, self.isa = name, isa
 
-    def apply(self, node, in_info: qg.TensorInfo, out_info: qg.TensorInfo, target: Target) -> Kernel | None:
+    def apply(self, node, in_info: qg.TensorInfo, out_info: qg.TensorInfo, target: Target,
+              residual: ResidualAdd | None = None) -> Kernel | None:
         isa = self.isa
         if target.kind != "cpu" or not target.has_feature(isa.FEATURE) or in_info.dtype not in _SHIFT_INTO:
             return None
@@ -67,6 +71,10 @@ class DotConv2d:
         wp[:cout, :cin] = w
         mult, shift, qmin, qmax = requant_params(node.requant, cout, cout_p)
         out_dtype = out_info.dtype
+        if residual is not None and (cout != cout_p or node.requant is None):
+            residual = None    # the other input has no padding channels; an int32 output has no add to fuse
+        # A fused add leaves the workload key alone: tiles are tuned on the plain conv, whose
+        # epilogue's one extra load and add per output cost the same for every tile.
         oh = (h - dh * (kh - 1) - 1) // sh + 1
         ow = (wd - dw * (kw - 1) - 1) // sw + 1
         key = tuning.conv_key(h, wd, cin_p, cout_p, kh, kw, (sh, sw), (dh, dw), out_dtype, self.name)
@@ -74,12 +82,12 @@ class DotConv2d:
 
         def build(t):
             args = isa.conv_compute(tirx.Var("n", "int64"), h, wd, cin_p, cout_p, kh, kw, (sh, sw), (dh, dw),
-                                    out_dtype, qmin, qmax, str(mult.dtype))
+                                    out_dtype, qmin, qmax, str(mult.dtype), residual=residual)
             return isa.schedule_conv(te.create_prim_func(args), t).with_attr("op_pattern", OPAQUE)
 
         params = (isa.pack_conv_weight(wp), bias.astype(np.int32), mult, shift)
         return Kernel(self.name, build(tile), params, (ph, ph, pw, pw), cin_p, cout_p, offset, (oh, ow, cout_p),
-                      pre, tile, key, (h, wd, cin_p), build, tuple(isa.candidates(ow, cout_p)), isa.IN_DTYPE)
+                      pre, tile, key, (h, wd, cin_p), build, tuple(isa.candidates(ow, cout_p)), isa.IN_DTYPE, residual)
 
     def tile_for(self, key, target, ow, cout_p):
         """The tuned tile of this workload on ``target``, else the ISA's heuristic one."""
@@ -130,12 +138,18 @@ RULES = (DotConv2d("x86-avx512-vnni", x86_vnni), DotConv2d("x86-avx2-s4", x86_av
          DotConv2d("arm-neon", arm_neon), CpuDepthwise(), cuda_dp4a.CudaDp4aConv2d())
 
 
-def select_kernel(node, in_info, out_info, target: Target | None, rules=RULES) -> Kernel | None:
-    """The first rule's kernel for ``node`` on ``target``, or None (generic Relax lowering)."""
+def select_kernel(node, in_info, out_info, target: Target | None, rules=RULES,
+                  residual: ResidualAdd | None = None) -> Kernel | None:
+    """The first rule's kernel for ``node`` on ``target``, or None (generic Relax lowering).
+
+    ``residual``: a residual add the caller would like fused into the kernel's epilogue; rules
+    with ``fuses_residual`` may take it (the kernel's ``residual`` says whether it did).
+    """
     if target is None or layout_for(target) != "NHWC":   # every hwq kernel reads and writes NHWC
         return None
     for rule in rules:
-        kernel = rule.apply(node, in_info, out_info, target)
+        extra = {"residual": residual} if residual is not None and getattr(rule, "fuses_residual", False) else {}
+        kernel = rule.apply(node, in_info, out_info, target, **extra)
         if kernel is not None:
             return kernel
     return None

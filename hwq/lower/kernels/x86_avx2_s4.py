@@ -41,16 +41,18 @@ def pack_conv_weight(w: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(lanes[..., :16] | (lanes[..., 16:] << 4))
 
 
-def conv_compute(n, hp, wp, cin, cout, kh, kw, stride, dilation, out_dtype, qmin, qmax, rq_dtype="int64"):
+def conv_compute(n, hp, wp, cin, cout, kh, kw, stride, dilation, out_dtype, qmin, qmax, rq_dtype="int64",
+                 residual=None):
     """TE definition: packed weights, their unpacking (block ``w_unpack``), the ``x86_avx2_maddubs``
-    conv on the unpacked tiles, per-channel epilogue -> NHWC."""
+    conv on the unpacked tiles, per-channel epilogue (and a fused residual add) -> NHWC."""
     shape = (cout // BLOCK, kh, kw, cin // 4)
     W4 = te.placeholder((*shape, 16), "uint8", name="W")
     W8 = te.compute((*shape, 2, 16), lambda o, i, j, k, h, b: (
         (((W4[o, i, j, k, b].astype("int32") >> (4 * h)) & 15) ^ 8) - 8).astype("int8"), name=UNPACK)
     args = dot_conv.packed_conv_compute(
         n, hp, wp, cin, cout, kh, kw, stride, dilation, out_dtype, qmin, qmax, IN_DTYPE, None,
-        lambda o, rh, rw, rc: (o // BLOCK, rh, rw, rc // 4, *intrin.s4_tile_index(o % BLOCK, rc % 4)), rq_dtype, weight=W8)
+        lambda o, rh, rw, rc: (o // BLOCK, rh, rw, rc // 4, *intrin.s4_tile_index(o % BLOCK, rc % 4)), rq_dtype, weight=W8,
+        residual=residual)
     return [args[0], W4, *args[2:]]
 
 
