@@ -11,6 +11,14 @@ weight tile is stored in the pair order the instruction wants (``intrin.avx2_til
 Measured on Zen 3 (64 -> 64 3x3 conv, 14x14): int16 weights packed ahead of time were no faster
 than sign-extending int8 ones in the kernel, and int16 activations (no byte split) only about 8%
 faster inside the kernel, at twice the activation bytes and a widening pass before every conv.
+Both at once (int16 activation pairs broadcast from memory, int16 weights as ``vpmaddwd``'s memory
+operand, so that all 16 registers but 4 hold accumulators; llvm-mca for znver3 predicts 1.7x) ran
+ResCNN's 3x3 convs 1.00-1.11x faster alone (7 interleaved rounds, batch 16) and MobileNetV2's
+1x1 convs 0.86-1.21x, and the whole ResCNN no faster once the widening pass was in: not kept.
+Nor a loop order with channel blocks outermost (weights kept in L1 while every pixel streams
+past): slower on every MobileNetV2 conv but the classifier, at batch 1 and 16. What bounds this
+kernel is the vector ALU ops per MAC (about 24 per 128 MACs against 16 for ``vpmaddwd`` +
+``vpaddd`` alone): the byte split and the weight extension share the four pipes.
 """
 
 from __future__ import annotations
