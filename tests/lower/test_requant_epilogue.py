@@ -65,9 +65,11 @@ def test_epilogue_matches_fixed_point_over_the_int32_range(out_dtype, qmin, qmax
         assert np.array_equal(y.numpy().astype(np.int64), expected), form
 
 
+@pytest.mark.parametrize("pad", [0, 1], ids=["padded-input", "pads-itself"])
 @pytest.mark.parametrize("shifts", [(34, 40), (20, 36)], ids=["int32-form", "int64-form"])
-def test_depthwise_kernel_is_exact_with_the_bias_in_the_accumulator(shifts):
-    """The scheduled kernel (bias moved into the accumulator's initial value) against numpy."""
+def test_depthwise_kernel_is_exact_with_the_bias_in_the_accumulator(shifts, pad):
+    """The scheduled kernel (bias moved into the accumulator's initial value) against numpy; with
+    ``pad`` it reads the unpadded input and pads it with zeros itself."""
     rng = np.random.default_rng(1)
     b, h, w, c = 2, 10, 9, 32
     x = rng.integers(0, 256, (b, h, w, c)).astype(np.uint8)
@@ -77,18 +79,19 @@ def test_depthwise_kernel_is_exact_with_the_bias_in_the_accumulator(shifts):
     rq = _requant(rng.integers(2 ** 30, 2 ** 31, c), rng.integers(lo, hi, c), 0, 255)
     mult, shift, qmin, qmax = requant_params(rq, c, c)
     assert str(mult.dtype) == ("int32" if lo >= 33 else "int64")
-    args = cpu_depthwise.depthwise_compute(tirx.Var("n", "int64"), h, w, c, "uint8", 3, 3, (1, 2), (1, 1), "uint8",
-                                           qmin, qmax, str(mult.dtype))
+    args = cpu_depthwise.depthwise_compute(tirx.Var("n", "int64"), h + 2 * pad, w + 2 * pad, c, "uint8", 3, 3, (1, 2),
+                                           (1, 1), "uint8", qmin, qmax, str(mult.dtype), pad=(pad, pad))
     func = cpu_depthwise.schedule_depthwise(te.create_prim_func(args), cpu_depthwise.DepthwiseTile(tw=4, cb=1, lanes=16))
     assert "bias" in func.script().split("acc_init")[1].split("acc_update")[0]   # the accumulator starts from it
     f = tvm.compile(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}), HOST)["main"]
-    oh, ow = h - 2, (w - 3) // 2 + 1
+    oh, ow = h + 2 * pad - 2, (w + 2 * pad - 3) // 2 + 1
     y = tvm.runtime.empty((b, oh, ow, c), "uint8")
     f(*[tvm.runtime.tensor(a) for a in (x, wt, bias, mult, shift)], y)
+    xp = np.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
     acc = np.zeros((b, oh, ow, c), np.int64)
     for i in range(3):
         for j in range(3):
-            acc += x[:, i:i + oh, j:j + 2 * ow - 1:2, :].astype(np.int64) * wt[i, j].astype(np.int64)
+            acc += xp[:, i:i + oh, j:j + 2 * ow - 1:2, :].astype(np.int64) * wt[i, j].astype(np.int64)
     expected = requantize(acc + bias, rq.multiplier, rq.shift, qmin, qmax)
     assert np.array_equal(y.numpy().astype(np.int64), expected)
     assert 0 < (expected == 255).mean() < 1 or 0 < (expected == 0).mean() < 1

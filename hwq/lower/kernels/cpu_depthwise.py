@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import tvm
-from tvm import te
+from tvm import te, tirx
 
 from hwq.lower.kernels.bias_init import bias_as_init
 from hwq.lower.kernels.dot_conv import epilogue
@@ -31,7 +31,16 @@ class DepthwiseTile:
     lanes: int = 16
 
 
+PAD = "pad"        # the padding block (``depthwise_compute`` with ``pad``)
 _ACC_LANES = 128   # int32 accumulators a tile may keep: 16 ymm (AVX2), a quarter of the zmm / NEON files
+
+
+def _has_block(sch, name: str) -> bool:
+    try:
+        sch.get_sblock(name)
+        return True
+    except Exception:  # noqa: BLE001 (TVM raises its own error type for a missing block)
+        return False
 
 
 def candidates(ow: int, c: int) -> list:
@@ -49,11 +58,24 @@ def default_tile(ow: int, c: int) -> DepthwiseTile:
     return DepthwiseTile(tw=max(d for d in range(1, min(ow, 4) + 1) if ow % d == 0), cb=1, lanes=16)
 
 
-def depthwise_compute(n, hp, wp, c, in_dtype, kh, kw, stride, dilation, out_dtype, qmin, qmax, rq_dtype="int64"):
-    """TE definition: padded NHWC input, weight [KH, KW, C] int8, per-channel epilogue -> NHWC."""
+def depthwise_compute(n, hp, wp, c, in_dtype, kh, kw, stride, dilation, out_dtype, qmin, qmax, rq_dtype="int64",
+                      pad=(0, 0)):
+    """TE definition: NHWC input, weight [KH, KW, C] int8, per-channel epilogue -> NHWC.
+
+    With ``pad = (ph, pw)`` the input is ``(hp - 2 ph, wp - 2 pw)`` and the kernel pads it itself
+    (block ``pad``, zeros: the real zero of a depthwise input, which has no offset), so the graph
+    needs no padding pass; ``hp``, ``wp`` are the padded sizes either way.
+    """
+    ph, pw = pad
     oh = (hp - dilation[0] * (kh - 1) - 1) // stride[0] + 1
     ow = (wp - dilation[1] * (kw - 1) - 1) // stride[1] + 1
-    X = te.placeholder((n, hp, wp, c), in_dtype, name="X")
+    X = te.placeholder((n, hp - 2 * ph, wp - 2 * pw, c), in_dtype, name="X")
+    Xp = X
+    if ph or pw:
+        h, w = hp - 2 * ph, wp - 2 * pw
+        Xp = te.compute((n, hp, wp, c), lambda b, y, x, k: tirx.if_then_else(
+            tirx.all(y >= ph, y < h + ph, x >= pw, x < w + pw), X[b, y - ph, x - pw, k], tirx.const(0, in_dtype)),
+            name=PAD)
     W = te.placeholder((kh, kw, c), "int8", name="W")
     B = te.placeholder((c,), "int32", name="bias")
     M = te.placeholder((c,), rq_dtype, name="mult")
@@ -61,7 +83,7 @@ def depthwise_compute(n, hp, wp, c, in_dtype, kh, kw, stride, dilation, out_dtyp
     rh, rw = te.reduce_axis((0, kh), "rh"), te.reduce_axis((0, kw), "rw")
     acc = te.compute(
         (n, oh, ow, c),
-        lambda b, y, x, k: te.sum(X[b, y * stride[0] + rh * dilation[0], x * stride[1] + rw * dilation[1], k].astype("int32")
+        lambda b, y, x, k: te.sum(Xp[b, y * stride[0] + rh * dilation[0], x * stride[1] + rw * dilation[1], k].astype("int32")
                                   * W[rh, rw, k].astype("int32"), axis=[rh, rw]), name="acc")
     out = te.compute((n, oh, ow, c), lambda b, y, x, k: epilogue(acc[b, y, x, k], B[k], M[k], S[k], out_dtype, qmin, qmax),
                      name="out")
@@ -69,7 +91,9 @@ def depthwise_compute(n, hp, wp, c, in_dtype, kh, kw, stride, dilation, out_dtyp
 
 
 def schedule_depthwise(func: tvm.tirx.PrimFunc, tile: DepthwiseTile) -> tvm.tirx.PrimFunc:
-    """Rows in parallel (one region per call), a register tile of pixels x channel vectors."""
+    """Rows in parallel (one region per call), a register tile of pixels x channel vectors; the
+    padding block, if any, fills the ``kh`` input rows each output row reads (per image), so the
+    padded copy is a few KB in cache instead of a pass over the whole tensor in memory."""
     sch = tvm.s_tir.Schedule(func)
     bias_as_init(sch)
     acc, out = sch.get_sblock("acc"), sch.get_sblock("out")
@@ -78,6 +102,11 @@ def schedule_depthwise(func: tvm.tirx.PrimFunc, tile: DepthwiseTile) -> tvm.tirx
     ko, km, ki = sch.split(k, [None, tile.cb, tile.lanes])
     sch.reorder(y, b, xo, ko, rh, rw, xi, km, ki)
     sch.reverse_compute_at(out, ko)
+    if _has_block(sch, PAD):
+        pad = sch.get_sblock(PAD)
+        sch.compute_at(pad, b)
+        _, lanes = sch.split(sch.get_loops(pad)[-1], [None, tile.lanes])
+        sch.vectorize(lanes)
     sch.parallel(y)
     sch.unroll(xi)
     sch.unroll(km)

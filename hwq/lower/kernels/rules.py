@@ -119,14 +119,15 @@ class CpuDepthwise:
                 cpu_depthwise.default_tile(ow, c))
 
         def build(t):
+            # the kernel pads its input itself (the key keeps the padded size: the same workload)
             args = cpu_depthwise.depthwise_compute(tirx.Var("n", "int64"), h, wd, c, in_info.dtype, kh, kw, (sh, sw),
-                                                   (dh, dw), out_info.dtype, qmin, qmax, str(mult.dtype))
+                                                   (dh, dw), out_info.dtype, qmin, qmax, str(mult.dtype), pad=(ph, pw))
             return cpu_depthwise.schedule_depthwise(te.create_prim_func(args), t).with_attr("op_pattern", OPAQUE)
 
         w = np.ascontiguousarray(node.weight[:, 0].transpose(1, 2, 0))        # [KH, KW, C]
         params = (w, node.bias.astype(np.int32), mult, shift)
-        return Kernel(self.name, build(tile), params, (ph, ph, pw, pw), c, c, 0, (oh, ow, c), None, tile, key,
-                      (h, wd, c), build, tuple(cpu_depthwise.candidates(ow, c)), in_info.dtype)
+        return Kernel(self.name, build(tile), params, (0, 0, 0, 0), c, c, 0, (oh, ow, c), None, tile, key,
+                      (in_info.shape[1], in_info.shape[2], c), build, tuple(cpu_depthwise.candidates(ow, c)), in_info.dtype)
 
 
 # Order matters: a CPU with VNNI also has AVX2 and must get the VNNI kernel; a layer on which
