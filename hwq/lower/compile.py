@@ -65,6 +65,7 @@ class CompiledModel:
     def __init__(self, executable, target: Target, graph_json: str, graph: qg.QGraph | None = None):
         self.executable, self.target, self.graph_json, self.graph = executable, target, graph_json, graph
         self._vm = self._dev = None
+        self._on_cpu = False
         self._entry: dict = {}
         spec = json.loads(graph_json)["input"]
         self._in_shape, self._in_dtype = tuple(spec["shape"]), spec["dtype"]
@@ -78,6 +79,7 @@ class CompiledModel:
                 raise TargetError(f"model built for target {self.target.name!r} needs {_where_it_runs(self.target)} "
                                   f"and cannot run on this {platform.machine()} host; save() it and run it on the device")
             self._vm, self._dev = relax.VirtualMachine(self.executable, dev), dev
+            self._on_cpu = dev.dlpack_device_type() == tvm.cpu().dlpack_device_type()
         return self._vm
 
     def _check(self, x: np.ndarray, dtype: str, what: str) -> np.ndarray:
@@ -95,7 +97,7 @@ class CompiledModel:
         fn = self._entry.get(entry)
         if fn is None:
             fn = self._entry[entry] = self.vm[entry]   # first: it picks the device (or says why there is none)
-        if self._dev.dlpack_device_type() != tvm.cpu().dlpack_device_type():
+        if not self._on_cpu:
             return fn(tvm.runtime.tensor(np.ascontiguousarray(x), device=self._dev)).numpy()
         key = (x.shape, x.dtype.str)
         staged = self._staging.get(key)

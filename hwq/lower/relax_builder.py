@@ -156,10 +156,9 @@ class _Emitter:
         env = self.env
         env[self.graph.input.name] = x
         for node in self.graph.nodes:
-            if node.op == "add" and node.name in self.fused:
-                continue                                    # the conv that produced an input wrote it
             if node.op == "add":
-                env[node.output] = self.add(env[node.inputs[0]], env[node.inputs[1]], node)
+                if node.name not in self.fused:             # else the conv that produced an input wrote it
+                    env[node.output] = self.add(env[node.inputs[0]], env[node.inputs[1]], node)
             elif node.op == "clamp":
                 env[node.output] = self.cast_clip(env[node.input], node.qmin, node.qmax, self.dtype(node.output))
             elif hasattr(self, node.op):
@@ -187,12 +186,13 @@ def _fusable_adds(graph: qg.QGraph) -> dict:
     producer = {node.output: i for i, node in enumerate(graph.nodes)}
     out = {}
     for node in graph.nodes:
-        if node.op != "add" or node.inputs[0] == node.inputs[1]:
+        if node.op != "add":
             continue
+        # one reader: this add, once (``add(x, x)`` counts x twice)
         for mine, other in (node.inputs, node.inputs[::-1]):
             conv = producer.get(mine)
             if (conv is not None and graph.nodes[conv].op == "conv2d" and readers[mine] == 1
-                    and producer.get(other, -1) < conv and mine not in out):
+                    and producer.get(other, -1) < conv):
                 out[mine] = (node, other)
                 break
     return out

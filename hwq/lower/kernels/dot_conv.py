@@ -115,7 +115,9 @@ def epilogue(acc, bias, mult, shift, out_dtype, qmin, qmax, requantize=None):
     epilogue that goes on with the clamped value (a fused residual add) in ``out_dtype`` int32.
     """
     v = acc + bias
-    if not (requantize if requantize is not None else out_dtype != "int32"):
+    if requantize is None:
+        requantize = out_dtype != "int32"
+    if not requantize:
         return v
     if mult.dtype == "int32":
         hi = ((v.astype("int64") * mult.astype("int64")) >> tirx.const(32, "int64")).astype("int32")
