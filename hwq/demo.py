@@ -41,7 +41,7 @@ def run_demo(config: DemoConfig = DemoConfig(), log=print) -> dict:
 
     from hwq.lower import compile_float, compile_model
     from hwq.qat import quantize_ptq, run_reference
-    from hwq.qat.reference import quantize_input
+    from hwq.qat.reference import dequantize_output, quantize_input
 
     from hwq.target import load_target
 
@@ -72,18 +72,18 @@ def run_demo(config: DemoConfig = DemoConfig(), log=print) -> dict:
 
     log(f"[4/5] compile for {config.target!r} with TVM")
     qmodel = compile_model(graph, target)
-    preds, int_out = [], []
-    for i in range(0, len(test), 500):
-        xi = quantize_input(graph, x_test[i:i + 500]).numpy().astype(graph.input.dtype)
-        y = qmodel.run_int(xi)
-        int_out.append(y)
-        preds.append(y.argmax(1))
-    tvm_int = np.concatenate(int_out)
-    int8_acc = 100.0 * float((np.concatenate(preds) == test.labels).mean())
-    ref = run_reference(graph, quantize_input(graph, x_test)).numpy()
+    x_int = quantize_input(graph, x_test)
+    xin = x_int.numpy().astype(graph.input.dtype)
+    tvm_int = np.concatenate([qmodel.run_int(xin[i:i + 500]) for i in range(0, len(xin), 500)])
+    ref = run_reference(graph, x_int).numpy()
     exact = int(np.all(ref == tvm_int, axis=1).sum())
+    # predictions from the logits, not the raw integers: an int32 output holds the last layer's
+    # accumulators, whose scales s_x * s_w[c] differ per class, so their argmax is another class
+    preds = dequantize_output(graph, torch.from_numpy(tvm_int.astype(np.int64))).argmax(1).numpy()
+    int8_acc = 100.0 * float((preds == test.labels).mean())
     with torch.no_grad():
-        agree = 100.0 * float((model(x_test).argmax(1).numpy() == tvm_int.argmax(1)).mean())
+        fp32_preds = np.concatenate([model(x_test[i:i + 500]).argmax(1).numpy() for i in range(0, len(x_test), 500)])
+    agree = 100.0 * float((fp32_preds == preds).mean())
 
     log("[5/5] latency (median ms)")
     for bs in config.batch_sizes:

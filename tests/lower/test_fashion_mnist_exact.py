@@ -1,5 +1,5 @@
 """A model trained on Fashion-MNIST, quantized and built with TVM, equals the integer reference on
-the whole test set: identical integer logits, identical predictions."""
+the whole test set: identical integer logits."""
 
 import numpy as np
 import pytest
@@ -17,7 +17,7 @@ def test_test_set_bit_exact():
     from hwq.models import ResCNN, TrainConfig, train_float
     from hwq.models.train import to_float_input
     from hwq.qat import quantize_ptq, run_reference
-    from hwq.qat.reference import quantize_input
+    from hwq.qat.reference import dequantize_output, quantize_input
 
     train, test = load_fashion_mnist("train"), load_fashion_mnist("test")
     torch.manual_seed(0)
@@ -29,5 +29,6 @@ def test_test_set_bit_exact():
     xin = xi.numpy().astype(graph.input.dtype)
     out = np.concatenate([cm.run_int(xin[i:i + 1000]) for i in range(0, len(xin), 1000)])
     assert np.array_equal(out, ref), f"{int(np.any(out != ref, axis=1).sum())} of {len(ref)} images differ"
-    assert np.array_equal(out.argmax(1), ref.argmax(1))
-    assert (ref.argmax(1) == test.labels).mean() > 0.5    # a real classifier (chance: 0.1), after one short epoch
+    # predictions from the dequantized logits: the int32 outputs' scales differ per class
+    pred = dequantize_output(graph, torch.from_numpy(ref)).argmax(1).numpy()
+    assert (pred == test.labels).mean() > 0.5    # a real classifier (chance: 0.1), after one short epoch

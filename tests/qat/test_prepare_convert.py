@@ -80,7 +80,7 @@ def test_trained_model_compiles_and_tvm_equals_the_reference():
     xi = quantize_input(graph, x)
     ref = run_reference(graph, xi).numpy()
     out = compile_model(graph, "x86-host").run_int(xi.numpy().astype(graph.input.dtype))
-    assert np.array_equal(out.astype(np.int64), ref) and np.array_equal(out.argmax(1), ref.argmax(1))
+    assert np.array_equal(out.astype(np.int64), ref)
     assert {layer.name: layer.weight_fq.spec.bits for layer in quant_layers(prepared)}["fc"] == 8
     assert np.abs(next(n for n in graph.nodes if n.name == "block1.0").weight).max() <= 7
 
