@@ -36,6 +36,8 @@ from tvm.s_tir import TensorIntrin
 from tvm.script import tirx as T
 
 from hwq import qgraph as qg
+from hwq.cost.options import kernel_for
+from hwq.cost.workload import Workload
 from hwq.errors import ConfigError
 from hwq.lower.kernels.bias_init import bias_as_init
 from hwq.lower.kernels.conv_params import (OPAQUE, Kernel, conv_geometry, folded_bias, largest_divisor,
@@ -210,7 +212,9 @@ class CudaDp4aConv2d:
     name = "cuda-dp4a"
 
     def apply(self, node, in_info: qg.TensorInfo, out_info: qg.TensorInfo, target: Target):
-        if target.kind != "cuda" or not target.has_feature(FEATURE) or in_info.dtype not in ("int8", "uint8"):
+        if in_info.dtype not in ("int8", "uint8") or node.op not in ("conv2d", "dense"):
+            return None
+        if kernel_for(Workload.of(node, in_info.shape), target, 127, 255).name != self.name:
             return None
         geo = conv_geometry(node, in_info)
         if geo is None:

@@ -25,7 +25,7 @@ saturate (``2 * max(A) * max|B| <= 32767``: 7-bit weights, or 7-bit activations)
 ``vpmaddubsw`` (u8 x s8, adjacent pairs into int16), one ``vpmaddwd`` by ones (pairs into int32),
 one ``vpaddd``, with no byte splitting: half the multiply-port work of the exact 8-bit form.
 This is the instruction sequence onnxruntime's MLAS uses on AVX2 for every layer; hwq only uses it
-where it is exact (``x86_avx2_maddubs.accepts``).
+where it is exact (``hwq.cost.options.KERNELS``).
 
 ``hwq_dot_8x4_s8s8s32_neon``: A int8, Armv8.0 NEON without the dot product (Cortex-A72): four
 ``smull v.8h, v.8b, v.8b`` and four ``sadalp v.4s, v.8h`` (written as an add of ``saddlp``, which

@@ -6,15 +6,14 @@ import numpy as np
 from tvm import te, tirx
 
 from hwq import qgraph as qg
+from hwq.cost.options import NHWC_FEATURES, kernel_for
+from hwq.cost.workload import Workload
 from hwq.lower.kernels import (arm_dotprod, arm_neon, cpu_depthwise, cuda_dp4a, dot_conv, tuning, x86_avx2,
                                x86_avx2_maddubs, x86_avx2_s4, x86_vnni)
 from hwq.lower.kernels.conv_params import (OPAQUE, Kernel, ResidualAdd, conv_geometry, folded_bias, requant_params,
                                               round_up)
 from hwq.target import Target
 
-# per target kind, the features for which hwq has NHWC dot-product kernels
-_NHWC_FEATURES = {"cpu": (x86_vnni.FEATURE, x86_avx2.FEATURE, arm_dotprod.FEATURE, arm_neon.FEATURE),
-                  "cuda": (cuda_dp4a.FEATURE,)}
 _SHIFT_INTO = {"uint8": 128, "int8": -128}   # kernel dtype -> offset taking the other 8-bit dtype into it
 
 
@@ -34,22 +33,22 @@ class DotConv2d:
     def apply(self, node, in_info: qg.TensorInfo, out_info: qg.TensorInfo, target: Target,
               residual: ResidualAdd | None = None) -> Kernel | None:
         isa = self.isa
-        if target.kind != "cpu" or not target.has_feature(isa.FEATURE) or in_info.dtype not in _SHIFT_INTO:
+        if in_info.dtype not in _SHIFT_INTO or node.op not in ("conv2d", "dense"):
+            return None
+        # the one answer the cost model and the allocator read too (hwq.cost.options)
+        chosen = kernel_for(Workload.of(node, in_info.shape), target, int(np.abs(node.weight.astype(np.int16)).max(initial=0)),
+                            in_info.qmax - min(in_info.qmin, 0))
+        if chosen.name != self.name:
             return None
         geo = conv_geometry(node, in_info)
-        if geo is None:
-            return None
         w, kh, kw, h, wd = geo.w, geo.kh, geo.kw, geo.h, geo.wd
         (sh, sw), (dh, dw), (ph, pw) = geo.stride, geo.dilation, geo.pad
         cout, cin = w.shape[:2]
         offset = 0 if in_info.dtype == isa.IN_DTYPE else _SHIFT_INTO[isa.IN_DTYPE]
-        if hasattr(isa, "accepts"):
+        if chosen.pair_bound and in_info.dtype == "int8":
             # an instruction exact only on bounded products: take the input's range to start at
-            # 0 (a 7-bit signed [-63, 63] becomes [0, 126], not [65, 191]) and check the bound
-            if in_info.dtype == "int8":
-                offset = -in_info.qmin
-            if in_info.qmin + offset < 0 or not isa.accepts(in_info.qmax + offset, int(np.abs(w.astype(np.int16)).max(initial=0))):
-                return None
+            # 0 (a 7-bit signed [-63, 63] becomes [0, 126], not [65, 191])
+            offset = -in_info.qmin
         bias = folded_bias(node, w, offset, round_up(cout, isa.BLOCK))
         if bias is None:
             return None
@@ -103,11 +102,9 @@ class CpuDepthwise:
     name = "cpu-depthwise"
 
     def apply(self, node, in_info: qg.TensorInfo, out_info: qg.TensorInfo, target: Target) -> Kernel | None:
-        if target.kind != "cpu" or node.op != "conv2d":
+        if node.op != "conv2d" or kernel_for(Workload.of(node, in_info.shape), target, 127, 255).name != self.name:
             return None
         c, per_group, kh, kw = node.weight.shape
-        if not (node.groups == c == in_info.shape[0] and per_group == 1) or c % 16:
-            return None
         (sh, sw), (dh, dw), (ph, pw) = node.stride, node.dilation, node.padding
         h, wd = in_info.shape[1] + 2 * ph, in_info.shape[2] + 2 * pw
         oh = (h - dh * (kh - 1) - 1) // sh + 1
@@ -158,6 +155,6 @@ def select_kernel(node, in_info, out_info, target: Target | None, rules=RULES,
 
 def layout_for(target: Target | None) -> str:
     """Activation layout of the whole graph: NHWC where hwq has kernels for the target, else NCHW."""
-    if target is not None and any(target.has_feature(f) for f in _NHWC_FEATURES.get(target.kind, ())):
+    if target is not None and any(target.has_feature(f) for f in NHWC_FEATURES.get(target.kind, ())):
         return "NHWC"
     return "NCHW"

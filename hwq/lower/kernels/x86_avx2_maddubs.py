@@ -8,7 +8,8 @@ of the always-exact ``x86_avx2`` kernel. It is exact when no pair sum can pass 3
 ``2 * max(activation) * max|weight| <= 32767``: 7-bit weights ([-63, 63]) against any uint8
 activation, or 7-bit activations ([0, 127]) against 8-bit weights. ``BitPlan`` expresses both
 (``LayerSpec(weight_bits=7)``, ``act_bits=7``); the rule checks the bound on each layer's actual
-weights and input range and leaves every other layer to ``x86_avx2``.
+weights and input range (``hwq.cost.options``, the bound the cost model reads too) and leaves
+every other layer to ``x86_avx2``.
 """
 
 from __future__ import annotations
@@ -20,18 +21,12 @@ from hwq.lower.kernels.dot_conv import ConvTile
 FEATURE = "avx2"
 BLOCK = 8                # output channels per intrinsic call: 8 int32 lanes of a ymm register
 IN_DTYPE = "uint8"       # vpmaddubsw's unsigned operand
-INT16_MAX = 32767
 _REGISTERS = 16          # ymm0-15
 _SCRATCH = 3             # the broadcast activation, the int16 products, the ones
 
-__all__ = ["BLOCK", "FEATURE", "IN_DTYPE", "ConvTile", "accepts", "candidates", "conv_compute", "default_tile",
+__all__ = ["BLOCK", "FEATURE", "IN_DTYPE", "ConvTile", "candidates", "conv_compute", "default_tile",
            "pack_conv_weight", "schedule_conv"]
 
-
-def accepts(act_max: int, weight_absmax: int) -> bool:
-    """True when ``vpmaddubsw`` cannot saturate: activations in ``[0, act_max]`` (after the input
-    offset) times weights in ``[-weight_absmax, weight_absmax]``, two products per int16 lane."""
-    return 2 * act_max * weight_absmax <= INT16_MAX
 
 
 pack_conv_weight, conv_compute, schedule_conv = dot_conv.isa_functions(BLOCK, IN_DTYPE, intrin.MADDUBS_8x4)

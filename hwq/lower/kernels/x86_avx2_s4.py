@@ -24,13 +24,9 @@ from hwq.lower.kernels.x86_avx2_maddubs import BLOCK, FEATURE, IN_DTYPE, candida
 WEIGHT_MAX = 7           # symmetric 4-bit weights
 UNPACK = "w_unpack"      # the block that unpacks a tile, scheduled inside the reduction
 
-__all__ = ["BLOCK", "FEATURE", "IN_DTYPE", "ConvTile", "accepts", "candidates", "conv_compute", "default_tile",
+__all__ = ["BLOCK", "FEATURE", "IN_DTYPE", "ConvTile", "candidates", "conv_compute", "default_tile",
            "pack_conv_weight", "schedule_conv"]
 
-
-def accepts(act_max: int, weight_absmax: int) -> bool:
-    """True for 4-bit weights (any uint8 activation then keeps ``vpmaddubsw`` exact)."""
-    return weight_absmax <= WEIGHT_MAX and 2 * act_max * (WEIGHT_MAX + 1) <= 32767
 
 
 def pack_conv_weight(w: np.ndarray) -> np.ndarray:
