@@ -184,3 +184,27 @@ class QGraph:
             "nodes": [{"op": n.op, "name": n.name, "output": n.output} for n in self.nodes],
             "macs": self.macs(),
         }, indent=2)
+
+
+def fusable_adds(graph: QGraph) -> dict:
+    """``{conv output: (add node, the add's other input)}`` for each add whose input comes from a
+    conv2d that nothing else reads and whose other input exists before that conv runs:
+    the conv's kernel may then do the add in its epilogue (one pass and one call fewer)."""
+    readers: dict = {}
+    for node in graph.nodes:
+        for name in getattr(node, "inputs", None) or (node.input,):
+            readers[name] = readers.get(name, 0) + 1
+    readers[graph.output] = readers.get(graph.output, 0) + 1
+    producer = {node.output: i for i, node in enumerate(graph.nodes)}
+    out = {}
+    for node in graph.nodes:
+        if node.op != "add":
+            continue
+        # one reader: this add, once (``add(x, x)`` counts x twice)
+        for mine, other in (node.inputs, node.inputs[::-1]):
+            conv = producer.get(mine)
+            if (conv is not None and graph.nodes[conv].op == "conv2d" and readers[mine] == 1
+                    and producer.get(other, -1) < conv):
+                out[mine] = (node, other)
+                break
+    return out

@@ -31,7 +31,7 @@ class _Emitter:
         self.layout = layout_for(target)
         self.kernels_used: list = []
         self.env: dict = {}
-        self.fusable = _fusable_adds(graph) if self.layout == "NHWC" else {}
+        self.fusable = qg.fusable_adds(graph) if self.layout == "NHWC" else {}
         self.fused: set = set()   # names of the add nodes a conv kernel took into its epilogue
 
     def emit(self, expr):
@@ -172,30 +172,6 @@ class _Emitter:
         if self.layout == "NHWC" and len(self.graph.output_info.shape) == 3:
             out = self.emit(relax.op.permute_dims(out, [0, 3, 1, 2]))
         return out
-
-
-def _fusable_adds(graph: qg.QGraph) -> dict:
-    """``{conv output: (add node, the add's other input)}`` for each add whose input comes from a
-    conv2d that nothing else reads and whose other input exists before that conv runs:
-    the conv's kernel may then do the add in its epilogue (one pass and one call fewer)."""
-    readers: dict = {}
-    for node in graph.nodes:
-        for name in getattr(node, "inputs", None) or (node.input,):
-            readers[name] = readers.get(name, 0) + 1
-    readers[graph.output] = readers.get(graph.output, 0) + 1
-    producer = {node.output: i for i, node in enumerate(graph.nodes)}
-    out = {}
-    for node in graph.nodes:
-        if node.op != "add":
-            continue
-        # one reader: this add, once (``add(x, x)`` counts x twice)
-        for mine, other in (node.inputs, node.inputs[::-1]):
-            conv = producer.get(mine)
-            if (conv is not None and graph.nodes[conv].op == "conv2d" and readers[mine] == 1
-                    and producer.get(other, -1) < conv):
-                out[mine] = (node, other)
-                break
-    return out
 
 
 def build_relax_module(graph: qg.QGraph, target=None) -> tvm.IRModule:

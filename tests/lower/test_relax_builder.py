@@ -5,7 +5,8 @@ import pytest
 
 from conftest import calibrated_graph, zoo_models
 from hwq.lower import compile_model
-from hwq.lower.relax_builder import _fusable_adds, build_relax_module
+from hwq.lower.relax_builder import build_relax_module
+from hwq.qgraph import fusable_adds
 from hwq.lower.tvm_target import resolve_features
 from hwq.qat import run_reference
 from hwq.qat.reference import quantize_input
@@ -26,7 +27,7 @@ def _fused_kernels(mod) -> int:
 def test_residual_add_fused_into_conv(target, fused):
     model, shape, signed = zoo_models()["rescnn"]
     graph = calibrated_graph(model, shape, signed)[0]
-    assert len(_fusable_adds(graph)) == 1
+    assert len(fusable_adds(graph)) == 1
     mod = build_relax_module(graph, resolve_features(load_target(target)) if target != "cpu-generic" else None)
     assert _fused_kernels(mod) == fused
     if fused:
@@ -38,14 +39,14 @@ def test_add_is_not_fused_when_its_input_has_another_reader():
     """A conv output read by the add and by something else must still be written on its own."""
     model, shape, signed = zoo_models()["rescnn"]
     graph = calibrated_graph(model, shape, signed)[0]
-    (conv_out, (add, other)), = _fusable_adds(graph).items()
+    (conv_out, (add, other)), = fusable_adds(graph).items()
     extra = type(add)(name="extra", inputs=(conv_out, other), output=add.output + "_2",
                       multipliers=add.multipliers, shift=add.shift, qmin=add.qmin, qmax=add.qmax)
     nodes = list(graph.nodes)
     nodes.insert(nodes.index(add) + 1, extra)
     g2 = type(graph)(**{**vars(graph), "nodes": tuple(nodes),
                         "tensors": {**graph.tensors, extra.output: graph.tensors[add.output]}})
-    assert conv_out not in _fusable_adds(g2)
+    assert conv_out not in fusable_adds(g2)
 
 
 def test_fused_residual_add_is_bit_exact_on_x86():
