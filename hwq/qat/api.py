@@ -28,7 +28,7 @@ from torch import nn
 from hwq import qgraph as qg
 from hwq.errors import ConfigError, choices
 from hwq.plan import BitPlan
-from hwq.qat.convert import convert
+from hwq.qat.convert import CALIBRATION_BATCH, convert
 from hwq.qat.exported import constants, export_model, user_input_name
 from hwq.qat.fake_quant import ActFakeQuantize
 from hwq.qat.modules import QuantLayer
@@ -40,7 +40,7 @@ INPUT = "__input__"   # the model input's key among the quantization points (as 
 
 
 def quantize_(model: nn.Module, plan: BitPlan | None = None, step: str = "prepare", *,
-              calibration: torch.Tensor | None = None, range_mode: str = "calibrated", batch_size: int = 256):
+              calibration: torch.Tensor | None = None, range_mode: str = "calibrated", batch_size: int = CALIBRATION_BATCH):
     """Prepare a float model for quantization-aware training, or convert a trained one.
 
     Args:
@@ -52,7 +52,7 @@ def quantize_(model: nn.Module, plan: BitPlan | None = None, step: str = "prepar
         calibration: float inputs (N, ...) for the export and the initial activation ranges (prepare).
         range_mode: ``"calibrated"`` or ``"learned"`` scales for weights and activations (the
             model input is always calibrated: it is data, not a trained feature).
-        batch_size: calibration batch size.
+        batch_size: images per calibration pass (memory grows with it, not with ``len(calibration)``).
 
     Returns:
         ``prepare``: a trainable ``torch.fx.GraphModule``; ``convert``: the ``QGraph``.
@@ -89,8 +89,11 @@ def act_quantizers(model: nn.Module) -> list[ActFakeQuantize]:
 
 
 @torch.no_grad()
-def calibrate_(model: nn.Module, calibration: torch.Tensor, batch_size: int = 256) -> None:
-    """Reset every activation range to the min/max of the float model on ``calibration``."""
+def calibrate_(model: nn.Module, calibration: torch.Tensor, batch_size: int = CALIBRATION_BATCH) -> None:
+    """Reset every activation range to the min/max of the float model on ``calibration``, one
+    batch of ``batch_size`` images at a time (the quantizers keep running ranges only)."""
+    if batch_size < 1:
+        raise ConfigError(f"calibration batch_size must be >= 1, got {batch_size!r}")
     quantizers = act_quantizers(model)
     for q in quantizers:
         q.min_val.fill_(float("inf"))

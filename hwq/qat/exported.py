@@ -53,11 +53,18 @@ def module_name(node: torch.fx.Node) -> str:
 
 @torch.no_grad()
 def run_graph(ep: ExportedProgram, x: torch.Tensor, record=None) -> torch.Tensor:
-    """Execute ``ep``'s graph node by node in float; ``record(node, value)`` sees every value."""
+    """Execute ``ep``'s graph node by node in float; ``record(node, value)`` sees every value.
+
+    Each value is dropped right after its last reader (as the code ``torch.fx`` generates does), so
+    memory holds the values live at one point of one batch: keeping all of them, MobileNetV2 held
+    about 90 MB per 224x224 image.
+    """
     env = {}
     consts = constants(ep)
     inp = user_input_name(ep)
-    for node in ep.graph.nodes:
+    nodes = list(ep.graph.nodes)
+    last_reader = {arg: i for i, node in enumerate(nodes) for arg in node.all_input_nodes}
+    for i, node in enumerate(nodes):
         if node.op == "placeholder":
             env[node.name] = x if node.name == inp else consts[node.name]
         elif node.op == "call_function":
@@ -68,4 +75,7 @@ def run_graph(ep: ExportedProgram, x: torch.Tensor, record=None) -> torch.Tensor
             return torch.fx.node.map_arg(node.args[0], lambda n: env[n.name])[0]
         if record is not None and node.op == "call_function" and node.target is not operator.getitem:
             record(node, env[node.name])
+        for arg in [*node.all_input_nodes, node]:
+            if last_reader.get(arg, i) == i and arg.op == "call_function":
+                env.pop(arg.name, None)
     raise RuntimeError("exported graph has no output node")

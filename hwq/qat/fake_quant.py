@@ -167,11 +167,19 @@ class ActFakeQuantize(nn.Module):
         if self.calibrating:
             self.min_val.copy_(torch.minimum(self.min_val, lo))
             self.max_val.copy_(torch.maximum(self.max_val, hi))
-            if self.spec.range_mode == "learned" and self._sample is None:
-                self._sample = x.detach().flatten()[:_SAMPLE].float().clone()
+            if self.spec.range_mode == "learned":
+                self._keep_sample(x)
         else:
             self.min_val.add_(self.momentum * (lo - self.min_val))
             self.max_val.add_(self.momentum * (hi - self.max_val))
+
+    def _keep_sample(self, x):
+        # the first _SAMPLE values, over as many batches as it takes: the same sample whatever
+        # the calibration batch size (batches are split along dim 0, the slowest in flatten)
+        have = 0 if self._sample is None else len(self._sample)
+        if have < _SAMPLE:
+            new = x.detach().flatten()[:_SAMPLE - have].float().clone()
+            self._sample = new if self._sample is None else torch.cat([self._sample, new])
 
     @torch.no_grad()
     def finish_calibration(self):
