@@ -11,7 +11,8 @@ steal the cores from whatever runs next in the same process):
   and hwq-w4a8: 4-bit weights stored two per byte and unpacked in the kernels (post-training
   quantized like the others: its agreement shows what 4 bits cost without QAT).
 For each engine: median latency at batch 1 and 16, top-1 agreement with torch fp32 on test
-images, and for hwq the per-layer kernel GOP/s against the target's int8 peak.
+images, and for hwq the per-layer kernel GOP/s against the target's int8 peak and the peak
+resident memory of calibration and of compile.
 
 The machine this runs on may be shared: ``--rounds R`` (default 3) runs every engine but
 tvm-fp32 (minutes per round) R times, interleaved (a round runs each engine once, in a new
@@ -145,10 +146,17 @@ def _build(engine, model, calib, workdir):
         from hwq.plan import BitPlan, LayerSpec
         from hwq.qat import quantize_ptq
 
+        from hwq.memory import PeakMemory
+
         plan = BitPlan(default=LayerSpec(weight_bits=HWQ_WEIGHT_BITS[engine]))
-        graph = quantize_ptq(model, calib, plan)
-        cm = compile_model(graph, "x86-host")
-        return (lambda x: cm(x.numpy())), ({} if os.environ.get("HWQ_BENCH_NO_LAYERS") else {"layers": _layer_rates(graph)})
+        with PeakMemory() as calibration:
+            graph = quantize_ptq(model, calib, plan)
+        with PeakMemory() as build:
+            cm = compile_model(graph, "x86-host")
+        extra = {"peak_memory": {"calibration": calibration.as_dict(), "compile": build.as_dict()}}
+        if not os.environ.get("HWQ_BENCH_NO_LAYERS"):
+            extra["layers"] = _layer_rates(graph)
+        return (lambda x: cm(x.numpy())), extra
     raise SystemExit(f"unknown engine {engine!r}; valid: {ENGINES}")
 
 

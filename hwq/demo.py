@@ -12,6 +12,7 @@ import torch
 
 from hwq.data import load_fashion_mnist
 from hwq.errors import ConfigError
+from hwq.memory import PeakMemory
 from hwq.models import ResCNN, TrainConfig, evaluate, load_or_train
 from hwq.models.train import to_float_input
 from hwq.timing import environment, median_ms
@@ -58,7 +59,8 @@ def run_demo(config: DemoConfig = DemoConfig(), log=print) -> dict:
 
     log(f"[3/5] int8 post-training quantization ({config.calibration_images} calibration images)")
     calib = to_float_input(train.subset(config.calibration_images, seed=1).images)
-    graph = quantize_ptq(model, calib)
+    with PeakMemory() as calibration_memory:
+        graph = quantize_ptq(model, calib)
     log("      " + graph.summary().replace("\n", "\n      "))
 
     x_test = to_float_input(test.images)
@@ -71,7 +73,8 @@ def run_demo(config: DemoConfig = DemoConfig(), log=print) -> dict:
             latency.setdefault("torch fp32 (eager)", {})[bs] = median_ms(lambda: model(x))
 
     log(f"[4/5] compile for {config.target!r} with TVM")
-    qmodel = compile_model(graph, target)
+    with PeakMemory() as compile_memory:
+        qmodel = compile_model(graph, target)
     x_int = quantize_input(graph, x_test)
     xin = x_int.numpy().astype(graph.input.dtype)
     tvm_int = np.concatenate([qmodel.run_int(xin[i:i + 500]) for i in range(0, len(xin), 500)])
@@ -97,6 +100,7 @@ def run_demo(config: DemoConfig = DemoConfig(), log=print) -> dict:
         "accuracy": {"fp32_torch": fp32_acc, "int8_tvm": int8_acc, "delta_points": int8_acc - fp32_acc,
                      "int8_top1_agreement_with_fp32": agree},
         "bit_exact": {"images": len(test), "identical_int_logits": exact},
+        "peak_memory": {"calibration": calibration_memory.as_dict(), "compile": compile_memory.as_dict()},
         "latency_ms": {engine: {str(bs): v for bs, v in d.items()} for engine, d in latency.items()},
     }
 
@@ -117,4 +121,7 @@ def format_table(r: dict) -> str:
     base = r["latency_ms"]["torch fp32 (eager)"]
     lines.append(f"{'speedup int8 vs torch fp32':34s}" + "".join(
         f"{base[b] / r['latency_ms']['TVM int8 (hwq)'][b]:9.2f}x" for b in bss))
+    mem = r["peak_memory"]
+    lines += ["", f"peak resident memory: calibration {mem['calibration']['peak_rss_mib']:.0f} MiB, "
+                  f"compile {mem['compile']['peak_rss_mib']:.0f} MiB (since {mem['compile']['since']})"]
     return "\n".join(lines)

@@ -47,4 +47,6 @@ def test_demo_accuracy_uses_dequantized_logits(monkeypatch):
     assert acc["fp32_torch"] == 100.0
     assert r["bit_exact"]["identical_int_logits"] == len(data)
     # int8 of a model that fp32 gets fully right: only a few borderline images may flip
+    assert r["peak_memory"]["calibration"]["peak_rss_mib"] > 0 and r["peak_memory"]["compile"]["peak_rss_mib"] > 0
+    assert "peak resident memory" in demo.format_table(r)
     assert acc["int8_tvm"] == pytest.approx(acc["int8_top1_agreement_with_fp32"]) and acc["int8_tvm"] > 90
