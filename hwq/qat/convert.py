@@ -96,6 +96,26 @@ def convert(ep: ExportedProgram, ranges: dict, plan: BitPlan = BitPlan(), *,
 
 
 
+def _check_accumulator(name: str, x_info: qg.TensorInfo, wq: torch.Tensor, bq: torch.Tensor) -> None:
+    """Refuse a conv / dense whose int32 accumulator could overflow on some input.
+
+    The reference accumulates in int64 and would stay right; the kernels accumulate in int32 and
+    would wrap. Per output channel the accumulator is at most reduction length x max |input| x
+    max |weight| + |bias| (computed in float64, exact far beyond 2^31).
+    """
+    reduction = int(np.prod(wq.shape[1:]))          # in_channels / groups x kh x kw, or in_features
+    x_max = max(abs(x_info.qmin), abs(x_info.qmax))
+    w_max = wq.abs().reshape(wq.shape[0], -1).amax(dim=1).double()
+    bound = reduction * x_max * w_max + bq.double().abs()
+    c = int(bound.argmax())
+    if bound[c] > _INT32.max:
+        raise QuantizationError(
+            f"layer {name!r} can overflow its int32 accumulator: output channel {c} is bounded by "
+            f"{reduction} (reduction length) x {x_max} (max |input|) x {int(w_max[c])} (max |weight|) + "
+            f"{int(abs(bq[c]))} (|bias|) = {int(bound[c])} > 2^31-1 = {int(_INT32.max)}; give it fewer "
+            f"weight or activation bits in the BitPlan, or split its reduction over several layers")
+
+
 class _Converter:
     def __init__(self, ep, ranges, plan, scales, weights):
         self.ep, self.ranges, self.plan, self.scales, self.weights = ep, ranges, plan, scales, weights
@@ -183,6 +203,7 @@ class _Converter:
         bq = torch.round(b / acc_scale) if b.is_floating_point() else b
         if bq.abs().max() > _INT32.max:
             raise QuantizationError(f"layer {name!r}: bias does not fit int32 at scale {float(acc_scale.min())!r}")
+        _check_accumulator(name or node.name, x_info, wq, bq)
         if group.int32_output:
             out = qg.TensorInfo(cur.name, tuple(cur.meta["val"].shape[1:]), "int32", 1.0, int(_INT32.min), int(_INT32.max))
             self.tensors[out.name] = out
@@ -216,6 +237,9 @@ class _Converter:
         ix = self.value(node.args[0])
         out = self.new_value(node, self.plan.default.act_bits, group.nonneg)
         hw = ix.shape[1] * ix.shape[2]
+        if hw * max(abs(ix.qmin), abs(ix.qmax)) > _INT32.max:     # the pool's int32 sum
+            raise QuantizationError(f"global pool {node.name!r} can overflow its int32 sum: {hw} pixels x "
+                                    f"{max(abs(ix.qmin), abs(ix.qmax))} > 2^31-1 = {int(_INT32.max)}")
         M, n = quantize_multiplier(ix.scale / (hw * out.scale))
         self.nodes.append(qg.GlobalAvgPool(node.name, ix.name, out.name, qg.Requant(M, n, out.qmin, out.qmax)))
 
