@@ -95,7 +95,7 @@ def _cmd_train(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="hwq", description="hardware-aware deployment compiler for integer accelerators")
     sub = p.add_subparsers(dest="command", required=True)
-    t = sub.add_parser("targets", help="list the target descriptions in targets/")
+    t = sub.add_parser("targets", help="list the target descriptions (hwq/targets/, or $HWQ_TARGETS_DIR)")
     t.set_defaults(func=_cmd_targets)
     d = sub.add_parser("demo", help="train (or load) the Fashion-MNIST CNN, quantize to int8, compile, measure")
     d.add_argument("--target", default="x86-host", help="target name (see 'hwq targets'); default x86-host")

@@ -1,4 +1,4 @@
-"""Targets as data: one TOML file per board in ``targets/``, validated on load.
+"""Targets as data: one TOML file per board in ``hwq/targets/`` (shipped in the package), validated on load.
 
 A target file says what a board can do (compute units, clock, peak operations per cycle per data
 type, cache sizes, memory bandwidth, native integer widths, instruction features) and how TVM
@@ -36,6 +36,8 @@ WIDTHS = (4, 8)  # integer widths a target may call native: those with an "intN"
 FEATURES = frozenset({"avx2", "avx512", "avx512vnni", "neon", "dotprod", "i8mm", "dp4a",
                       "tensorcore_int8", "tensorcore_int4"})
 ENV_DIR = "HWQ_TARGETS_DIR"  # overrides the directory that target names are looked up in
+# the target files ship inside the package (package data), so an installed hwq finds them too
+SHIPPED_DIR = Path(__file__).resolve().parent / "targets"
 
 # The file's schema: section -> field -> expected type (in words, as the error messages say it).
 _INT, _NUM, _STR, _TABLE = "an integer", "a number", "a string", "a table"
@@ -81,7 +83,7 @@ class Memory:
 
 @dataclass(frozen=True)
 class Target:
-    """One board, as described by its ``targets/<name>.toml`` file. Build it with
+    """One board, as described by its ``hwq/targets/<name>.toml`` file. Build it with
     :func:`load_target` (or :meth:`from_dict`), which validate it.
 
     Attributes:
@@ -183,9 +185,9 @@ class Target:
 
 
 def load_target(name_or_path: str | os.PathLike) -> Target:
-    """Load and validate a target: a name from ``targets/`` or a path to a ``.toml`` file.
+    """Load and validate a target: a name from ``hwq/targets/`` or a path to a ``.toml`` file.
 
-    Names are looked up in the repository's ``targets/`` directory, or in ``$HWQ_TARGETS_DIR``
+    Names are looked up among the target files shipped in the package, or in ``$HWQ_TARGETS_DIR``
     where that is set.
 
     Example::
@@ -215,7 +217,7 @@ def list_targets() -> list[Target]:
 
 def _targets_dir() -> Path:
     # Resolved per call, not at import, so HWQ_TARGETS_DIR set by a test or a shell takes effect.
-    directory = Path(os.environ.get(ENV_DIR) or Path(__file__).resolve().parent.parent / "targets")
+    directory = Path(os.environ.get(ENV_DIR) or SHIPPED_DIR)
     if not directory.is_dir():
         raise TargetError(f"targets directory {str(directory)!r} does not exist (set ${ENV_DIR} to "
                           f"a directory of <name>.toml files)")

@@ -11,7 +11,7 @@ import pytest
 from hwq.errors import TargetError
 from hwq.target import DTYPES, FEATURES, KINDS, Target, list_targets, load_target
 
-TARGETS_DIR = Path(__file__).resolve().parent.parent / "targets"
+TARGETS_DIR = Path(__file__).resolve().parent.parent / "hwq" / "targets"
 NAMES = ["nvidia-h100", "nvidia-jetson-orin-nano", "nvidia-t4", "raspberry-pi-4b", "raspberry-pi-5",
          "x86-avx2", "x86-cascadelake", "x86-host"]
 

@@ -129,7 +129,7 @@ def compile_model(graph: qg.QGraph, target: Target | str = "x86-host") -> Compil
 
     Args:
         graph: from ``hwq.qat.quantize_ptq`` (or QAT's convert).
-        target: a ``Target`` or the name of a file in ``targets/``: a CPU (llvm) or a CUDA target.
+        target: a ``Target`` or a target name (``hwq targets``): a CPU (llvm) or a CUDA target.
             A CUDA build embeds the kernels' CUDA source in the library and runs where TVM sees
             a GPU (``tvm.cuda().exist``) on a host of the target's triple.
 

@@ -21,7 +21,9 @@ def tune_model(graph: qg.QGraph, target: Target | str = "x86-host", time_budget_
     """Tune every kernel workload of ``graph`` not yet tuned for ``target``; returns what changed.
 
     Each workload's candidate tiles are compiled and timed at batch 16 on this machine, within
-    ``time_budget_s`` per workload; the fastest is written to ``hwq/lower/kernels/tuned/<target>.json``.
+    ``time_budget_s`` per workload; the fastest is added to the user's tile file,
+    ``$HWQ_CACHE/tuned/<target>.json`` (``hwq.lower.kernels.tuning.user_dir``), which compiles
+    layer over the shipped tiles.
     """
     if isinstance(target, str):
         target = load_target(target)
@@ -33,7 +35,8 @@ def tune_model(graph: qg.QGraph, target: Target | str = "x86-host", time_budget_
         raise ConfigError(f"tuning times kernels on the machine itself, and target {target.name!r} does not "
                           f"run here; tune on the device (remote tuning is not implemented yet)")
     tvm_target = to_tvm_target(target)
-    configs = dict(tuning.load_configs(target.name))
+    configs = tuning.load_configs(target.name)            # shipped and user's: what a compile finds
+    mine = dict(tuning.user_configs(target.name))         # what is written back: the user's only
     work = {}
     for node in graph.nodes:
         if node.op in ("conv2d", "dense"):
@@ -57,10 +60,8 @@ def tune_model(graph: qg.QGraph, target: Target | str = "x86-host", time_budget_
 
         tile, ms, trials = tuning.tune_workload(build, k.candidates, make_args, time_budget_s)
         if tile is not None:
-            configs[key] = {**vars(tile),
-                            "ms_batch16": round(ms, 4), "trials": len(trials)}
-            changed[key] = configs[key]
+            mine[key] = changed[key] = {**vars(tile), "ms_batch16": round(ms, 4), "trials": len(trials)}
     if changed:
-        tuning.save_configs(target.name, configs)
+        tuning.save_configs(target.name, mine)
     return changed
 

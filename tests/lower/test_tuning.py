@@ -1,4 +1,5 @@
-"""Tuned tile configs: shipped per target, used by a compile without any search."""
+"""Tuned tile configs: shipped per target, a user's tuning layered over them, used by a compile
+without any search."""
 
 import dataclasses
 import json
@@ -44,6 +45,21 @@ def test_tune_model_writes_winners(tmp_path, monkeypatch):
     assert tune_model(graph, "x86-host", progress=False) == {}        # already tuned: nothing to do
 
 
+def test_user_tiles_go_to_the_cache_and_layer_over_the_shipped_ones(tmp_path, monkeypatch):
+    monkeypatch.delenv("HWQ_TUNED_DIR", raising=False)
+    monkeypatch.setenv("HWQ_CACHE", str(tmp_path))
+    shipped_file = tuning.SHIPPED_DIR / "x86-host.json"
+    shipped_text = shipped_file.read_text()
+    shipped = json.loads(shipped_text)["workloads"]
+    overridden = next(iter(shipped))
+    path = tuning.save_configs("x86-host", {overridden: {"tw": 1, "ob": 1}, "conv2d_nhwc:new": {"tw": 2, "ob": 1}})
+    assert path == tmp_path / "tuned" / "x86-host.json"
+    assert shipped_file.read_text() == shipped_text                  # the installed package is never written
+    merged = tuning.load_configs("x86-host")
+    assert set(merged) == set(shipped) | {"conv2d_nhwc:new"} and merged[overridden] == {"tw": 1, "ob": 1}
+    assert set(tuning.user_configs("x86-host")) == {overridden, "conv2d_nhwc:new"}
+
+
 def test_tuning_a_cross_target_is_a_clear_error():
     graph, _ = calibrated_graph(*MODELS["reluout"])
     with pytest.raises(ConfigError, match="raspberry-pi-5"):
@@ -60,7 +76,7 @@ def test_shipped_configs_cover_the_demo_model(features):
     target = load_target("x86-host")
     if features is not None:     # the same file on a CPU without AVX-512 (a Zen 3): the AVX2 kernels
         target = dataclasses.replace(target, features=features)
-    shipped = json.loads((tuning.TUNED_DIR / "x86-host.json").read_text())["workloads"]
+    shipped = json.loads((tuning.SHIPPED_DIR / "x86-host.json").read_text())["workloads"]
     for node in graph.nodes:
         if node.op in ("conv2d", "dense"):
             k = select_kernel(node, graph.tensors[node.input], graph.tensors[node.output], target)

@@ -17,7 +17,7 @@ from __future__ import annotations
 from hwq.lower.kernels import dot_conv, intrin
 from hwq.lower.kernels.dot_conv import ConvTile
 
-FEATURE = "dotprod"      # the target feature (targets/*.toml [integer] features) the kernel needs
+FEATURE = "dotprod"      # the target feature (hwq/targets/*.toml [integer] features) the kernel needs
 BLOCK = 4                # output channels per instruction: 4 int32 lanes of a q register
 IN_DTYPE = "int8"        # what sdot reads activations as
 _REGISTERS = 32          # v0-v31

@@ -15,7 +15,7 @@ from __future__ import annotations
 from hwq.lower.kernels import dot_conv, intrin
 from hwq.lower.kernels.dot_conv import ConvTile
 
-FEATURE = "neon"         # the target feature (targets/*.toml [integer] features) the kernel needs
+FEATURE = "neon"         # the target feature (hwq/targets/*.toml [integer] features) the kernel needs
 BLOCK = 8                # output channels per intrinsic call: two int32x4 accumulators
 IN_DTYPE = "int8"        # smull's signed form
 _REGISTERS = 32          # v0-v31

@@ -45,7 +45,7 @@ from hwq.lower.kernels.conv_params import (OPAQUE, Kernel, conv_geometry, folded
 from hwq.lower.kernels.dot_conv import packed_conv_compute
 from hwq.target import Target
 
-FEATURE = "dp4a"         # the target feature (targets/*.toml [integer] features) the kernel needs
+FEATURE = "dp4a"         # the target feature (hwq/targets/*.toml [integer] features) the kernel needs
 IN_DTYPE = "int8"        # __dp4a's signed-by-signed form
 CHANNEL_ALIGN = 4        # output channels are padded to a multiple of this
 DP4A = "hwq_dp4a_s8s8s32_cuda"

@@ -1,23 +1,28 @@
-"""Tile configs per target and workload: shipped in the project, extended by ``hwq tune``.
+"""Tile configs per target and workload: shipped in the package, extended by ``hwq tune``.
 
 A compile looks its kernels' tiles up here and never searches: the search (``tune_workload``)
-runs once per (target, workload), by the project's maintainers for the shipped files or by a user
-through ``hwq tune``, and its winners are written to ``tuned/<target>.json``. A workload not in
-the file gets the rule's heuristic tile; the compile says nothing and stays correct.
+runs once per (target, workload), by the project's maintainers for the shipped files
+(``hwq/lower/kernels/tuned/<target>.json``, package data) or by a user through ``hwq tune``, whose
+winners go to the user's own file, ``$HWQ_CACHE/tuned/<target>.json`` (``$HWQ_TUNED_DIR`` names
+another directory), never into the installed package. A lookup layers the user's file over the
+shipped one. A workload in neither gets the rule's heuristic tile; the compile says nothing and
+stays correct. (Maintainers refresh the shipped tiles with ``HWQ_TUNED_DIR=hwq/lower/kernels/tuned``.)
 """
 
 from __future__ import annotations
 
 import json
 import os
-import tempfile
 import time
 from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 
-TUNED_DIR = Path(__file__).resolve().parent / "tuned"
+from hwq.fileio import atomic_write_json, cache_dir
+
+SHIPPED_DIR = Path(__file__).resolve().parent / "tuned"
+ENV_DIR = "HWQ_TUNED_DIR"     # the user's tuned tiles: $HWQ_TUNED_DIR, else $HWQ_CACHE/tuned
 FORMAT_VERSION = 1
 
 
@@ -31,16 +36,17 @@ def conv_key(h, w, cin, cout, kh, kw, stride, dilation, out_dtype, kernel) -> st
             f"{out_dtype}:{kernel}")
 
 
-def _path(target_name: str) -> Path:
-    return Path(os.environ.get("HWQ_TUNED_DIR", TUNED_DIR)) / f"{target_name}.json"
+def user_dir() -> Path:
+    """Where ``hwq tune`` writes: ``$HWQ_TUNED_DIR``, else ``tuned/`` in the user cache directory.
+    Read per call so a test or a shell can redirect it."""
+    return Path(os.environ.get(ENV_DIR) or cache_dir() / "tuned")
 
 
 _CACHE: dict = {}
 
 
-def load_configs(target_name: str) -> dict:
-    """``{workload key: {"tw": .., "ob": .., "ms": ..}}`` for a target (empty if none were tuned)."""
-    path = _path(target_name)
+def _read(path: Path) -> dict:
+    """The workloads of one tile file (empty if it is missing or of another format version)."""
     stamp = path.stat().st_mtime_ns if path.is_file() else None
     hit = _CACHE.get(path)
     if hit is not None and hit[0] == stamp:
@@ -54,16 +60,22 @@ def load_configs(target_name: str) -> dict:
     return configs
 
 
+def user_configs(target_name: str) -> dict:
+    """The tiles the user tuned for a target (``hwq tune``), without the shipped ones."""
+    return _read(user_dir() / f"{target_name}.json")
+
+
+def load_configs(target_name: str) -> dict:
+    """``{workload key: {"tw": .., "ob": .., "ms": ..}}`` for a target: the shipped tiles with the
+    user's over them (empty if none were tuned)."""
+    return {**_read(SHIPPED_DIR / f"{target_name}.json"), **user_configs(target_name)}
+
+
 def save_configs(target_name: str, configs: dict, meta: dict | None = None) -> Path:
-    """Write the tuned configs of a target atomically (temporary file renamed into place)."""
-    path = _path(target_name)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write the user's tuned configs of a target (atomically) to :func:`user_dir`."""
     doc = {"version": FORMAT_VERSION, "target": target_name, **(meta or {}),
            "workloads": dict(sorted(configs.items()))}
-    with tempfile.NamedTemporaryFile("w", dir=path.parent, suffix=".tmp", delete=False) as f:
-        json.dump(doc, f, indent=1)
-    os.replace(f.name, path)
-    return path
+    return atomic_write_json(user_dir() / f"{target_name}.json", doc)
 
 
 def tune_workload(build, candidates, make_args, time_budget_s: float = 30.0, timer=None):

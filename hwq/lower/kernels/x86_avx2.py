@@ -27,7 +27,7 @@ from __future__ import annotations
 from hwq.lower.kernels import dot_conv, intrin
 from hwq.lower.kernels.dot_conv import ConvTile
 
-FEATURE = "avx2"         # the target feature (targets/*.toml [integer] features) the kernel needs
+FEATURE = "avx2"         # the target feature (hwq/targets/*.toml [integer] features) the kernel needs
 BLOCK = 8                # output channels per intrinsic call: 8 int32 lanes of a ymm register
 IN_DTYPE = "uint8"       # zero-extended to int16 inside the intrinsic
 _REGISTERS = 16          # ymm0-15

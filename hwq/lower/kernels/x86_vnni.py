@@ -11,7 +11,7 @@ from __future__ import annotations
 from hwq.lower.kernels import dot_conv, intrin
 from hwq.lower.kernels.dot_conv import ConvTile
 
-FEATURE = "avx512vnni"   # the target feature (targets/*.toml [integer] features) the kernel needs
+FEATURE = "avx512vnni"   # the target feature (hwq/targets/*.toml [integer] features) the kernel needs
 BLOCK = 16               # output channels per instruction: 16 int32 lanes of a zmm register
 IN_DTYPE = "uint8"       # what vpdpbusd reads activations as
 _REGISTERS = 32          # zmm0-31
