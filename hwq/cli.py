@@ -92,6 +92,51 @@ def _cmd_train(args) -> int:
     return 0
 
 
+def _cmd_profile(args) -> int:
+    from hwq.profile_job import ProfileConfig, run_profile
+
+    rpc, key = args.rpc, None
+    if args.tracker is not None:
+        if args.rpc is not None:
+            from hwq.errors import ConfigError
+            raise ConfigError("give either --rpc HOST:PORT (a server) or --tracker HOST:PORT --key KEY, not both")
+        rpc, key = args.tracker, args.key
+        if key is None:
+            from hwq.errors import ConfigError
+            raise ConfigError("--tracker needs --key KEY (the device key the board registered with)")
+    config = ProfileConfig(models=tuple(args.model), target=args.target, batches=tuple(args.batch),
+                           time_budget_s=args.time_budget, rpc=rpc, key=key, repeats=args.repeats,
+                           whole_models=not args.kernels_only, progress=not args.no_progress)
+    run_profile(config)
+    return 0
+
+
+def _cmd_cost(args) -> int:
+    from hwq.cost import CostModel
+    from hwq.models.zoo import example_graph
+    from hwq.plan import BitPlan
+
+    plan = _read_plan(args.plan) if args.plan else BitPlan()
+    model = CostModel(args.target)
+    est = model.plan(example_graph(args.model, plan), plan, args.batch)
+    print(est.table())
+    if args.json:
+        _write_json(args.json, {"model": args.model, "plan": args.plan, **est.to_json()})
+        print(f"\nwrote {args.json}")
+    return 0
+
+
+def _read_plan(path: str):
+    from hwq.errors import ConfigError
+    from hwq.plan import BitPlan
+
+    try:
+        text = Path(path).read_text()
+    except OSError as e:
+        raise ConfigError(f"cannot read plan file {path!r}: {e.strerror}") from None
+    return BitPlan.from_json(text)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="hwq", description="hardware-aware deployment compiler for integer accelerators")
     sub = p.add_subparsers(dest="command", required=True)
@@ -146,6 +191,30 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--data-dir", default=None, help="directory with the Fashion-MNIST idx .gz files")
     r.add_argument("--no-progress", action="store_true", help="no progress bars")
     r.set_defaults(func=_cmd_train)
+    f = sub.add_parser("profile", help="measure the cost model's kernels and models on the target (here or over RPC)",
+                       description="Time every layer shape x kernel the models can run on the target, with the real "
+                                   "lowering and tuned tiles, plus whole models; writes the measured table to "
+                                   "$HWQ_CACHE/measured/TARGET/. Resumes an interrupted run.")
+    f.add_argument("model", nargs="+", help="zoo models (rescnn, resnet20, mobilenetv2)")
+    f.add_argument("--target", default="x86-host")
+    f.add_argument("--batch", type=int, nargs="+", default=[1, 16], help="batch sizes (default 1 16)")
+    f.add_argument("--time-budget", type=float, default=900.0, help="seconds (default 900); what was measured is kept")
+    f.add_argument("--rpc", default=None, metavar="HOST:PORT", help="a TVM RPC server on the board")
+    f.add_argument("--tracker", default=None, metavar="HOST:PORT", help="a TVM RPC tracker (with --key)")
+    f.add_argument("--key", default=None, help="the board's key at the tracker")
+    f.add_argument("--repeats", type=int, default=7, help="timed repeats per workload (default 7; median kept)")
+    f.add_argument("--kernels-only", action="store_true", help="skip the whole-model timings (no glue fit)")
+    f.add_argument("--no-progress", action="store_true")
+    f.set_defaults(func=_cmd_profile)
+    c = sub.add_parser("cost", help="predicted latency of a model under a plan on a target, per layer",
+                       description="Per layer: ops, bytes, option, kernel, predicted ms, compute/memory bound and "
+                                   "the source (measured, calibrated, roofline); then the whole-model total.")
+    c.add_argument("model", help="zoo model (rescnn, resnet20, mobilenetv2)")
+    c.add_argument("--target", default="x86-host")
+    c.add_argument("--plan", default=None, metavar="PLAN.json", help="a BitPlan JSON file (default: W8A8 everywhere)")
+    c.add_argument("--batch", type=int, default=1)
+    c.add_argument("--json", default=None, metavar="PATH", help="also write the table as JSON")
+    c.set_defaults(func=_cmd_cost)
     return p
 
 

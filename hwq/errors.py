@@ -33,6 +33,27 @@ class ArtifactError(HwqError, RuntimeError):
     """A compiled artifact is missing, corrupt, or was built for another target."""
 
 
+class DeviceError(HwqError, RuntimeError):
+    """A device (a board over TVM RPC) cannot be reached, or dropped while hwq was measuring on it."""
+
+
 def choices(valid) -> str:
     """Format a collection of valid choices for an error message: ``'a', 'b', 'c'``."""
     return ", ".join(repr(v) for v in sorted(valid))
+
+
+class InfeasibleBudgetError(ConfigError):
+    """No plan meets a latency budget (or a weight bound).
+
+    The message states the best the target allows and the plan that reaches it. Attributes:
+    ``fastest_ms`` and ``fastest_choice`` (``{group: option}``) for a latency budget below the
+    fastest plan; ``lightest_bytes`` and ``lightest_choice`` for a weight bound below the lightest.
+    """
+
+    def __init__(self, message: str, fastest_ms: float | None = None, fastest_choice: dict | None = None,
+                 lightest_bytes: float | None = None, lightest_choice: dict | None = None):
+        super().__init__(message)
+        self.fastest_ms = fastest_ms
+        self.fastest_choice = fastest_choice
+        self.lightest_bytes = lightest_bytes
+        self.lightest_choice = lightest_choice

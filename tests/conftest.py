@@ -81,3 +81,10 @@ def calibrated_graph(model, shape, signed, n=64, seed=0, plan=None):
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(n, *shape, generator=g) if signed else torch.rand(n, *shape, generator=g)
     return quantize_ptq(model, x, plan or BitPlan()), x
+
+
+@pytest.fixture(scope="session")
+def rescnn_graph():
+    """A small ResCNN (width 8) quantized W8A8 on random data."""
+    model, shape, signed = zoo_models()["rescnn"]
+    return calibrated_graph(model, shape, signed)[0]

@@ -1,67 +1,83 @@
-"""Roofline latency of integer layers from a target description.
+"""The bare roofline of one kernel on one workload: the cost model's last resort.
 
-Time of a layer = max(compute time at the target's peak for the operand dtype, DRAM traffic time
-at its bandwidth). A roofline is an optimistic bound: real kernels reach a fraction of it, which
-per-layer timings measured on the device will calibrate (every estimate says where it came from).
+Time = max(compute at the target's peak rate, traffic at its memory bandwidth), counting what the
+kernel really does: channels padded to its instruction block (a 3-channel conv gathered into
+4-byte patches, 24 output channels rounded to 32 on VNNI), weights at their stored width (4-bit
+weights packed two per byte), activations as bytes. A roofline is an optimistic bound; measured
+tables and the efficiency factors fitted to them (``hwq.cost.calibrate``) replace it wherever they
+exist, and every ``Estimate`` says which of the three it is.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
-
-from hwq import qgraph as qg
-from hwq.errors import ConfigError, choices
+from hwq.cost.options import KernelFamily
+from hwq.cost.workload import Workload
 from hwq.target import Target
 
-_BYTES = {"fp32": 4.0, "fp16": 2.0, "int8": 1.0, "int4": 0.5}
+SOURCES = ("measured", "calibrated", "roofline")
 
 
 @dataclass(frozen=True)
-class LayerCost:
-    """The estimated latency of one layer and its parts; ``source`` says how it was obtained."""
+class Estimate:
+    """Predicted latency of one piece of work, and where the number came from.
 
-    name: str
+    Attributes:
+        ms: the prediction, milliseconds.
+        ops: operations (2 per multiply-accumulate, padded channels included).
+        bytes: activation and weight bytes the kernel moves (each counted once).
+        compute_ms, memory_ms: the two roofline terms at the target's peak and bandwidth.
+        source: ``"measured"`` (a table entry for this exact workload), ``"calibrated"`` (efficiency
+            factors fitted to measurements of other workloads) or ``"roofline"`` (the target file only).
+        provenance: where the source came from, in words (table file and device, fit, target file).
+        kernel: the kernel family that runs it.
+    """
+
+    ms: float
     ops: float
     bytes: float
-    compute_s: float
-    memory_s: float
-    source: str = "roofline"
-
-    @property
-    def seconds(self) -> float:
-        return max(self.compute_s, self.memory_s)
+    compute_ms: float
+    memory_ms: float
+    source: str
+    provenance: str
+    kernel: str
 
     @property
     def bound(self) -> str:
-        return "compute" if self.compute_s >= self.memory_s else "memory"
+        """``"compute"`` or ``"memory"``: the larger roofline term."""
+        return "compute" if self.compute_ms >= self.memory_ms else "memory"
 
 
-def estimate_layer(name: str, macs: int, in_elems: int, weight_elems: int, out_elems: int,
-                   dtype: str, target: Target) -> LayerCost:
-    """Roofline cost of a layer doing ``macs`` multiply-accumulates with operands of ``dtype``.
+def _round_up(v: int, m: int) -> int:
+    return (v + m - 1) // m * m
 
-    Activations are read and written at ``dtype`` width (int8 containers hold int4 activations),
-    weights at ``dtype`` width; ``in_elems``/``out_elems`` include the batch.
+
+def traffic(workload: Workload, kernel: KernelFamily, batch: int) -> tuple[float, float]:
+    """``(ops, bytes)`` of ``kernel`` running ``workload`` on ``batch`` images."""
+    oh, ow = workload.out_hw
+    kh, kw = workload.kernel
+    cin, cout = workload.in_channels, workload.out_channels
+    if kernel.name in ("cpu-depthwise", "generic"):
+        reduction, cout_p = workload.reduction, cout
+    elif workload.op == "conv2d" and cin < 4 and kh * kw > 1:
+        reduction, cout_p = _round_up(kh * kw * cin, 4), _round_up(cout, kernel.block)   # im2col patches
+    else:
+        reduction, cout_p = _round_up(cin, 4) * kh * kw, _round_up(cout, kernel.block)
+    ops = 2.0 * batch * oh * ow * cout_p * reduction
+    weight_bytes = cout_p * reduction * kernel.weight_bits / 8
+    act_bytes = workload.in_elems(batch) + batch * oh * ow * cout_p
+    return ops, float(weight_bytes + act_bytes)
+
+
+def roofline(workload: Workload, kernel: KernelFamily, target: Target, batch: int = 1) -> Estimate:
+    """The roofline estimate of ``kernel`` running ``workload`` at ``batch`` on ``target``.
+
+    Example (hand-checkable): a dense 1024 -> 1024 layer at batch 1 on a target with a 1 TOP/s
+    int8 peak and 10 GB/s does 2.1 M ops (2.1 us) and moves 1 MiB of weights (105 us): memory bound.
     """
-    if dtype not in _BYTES:
-        raise ConfigError(f"unknown operand dtype {dtype!r}; valid: {choices(_BYTES)}")
-    ops = 2.0 * macs
-    act_bytes = 1.0 if dtype == "int4" else _BYTES[dtype]
-    nbytes = (in_elems + out_elems) * act_bytes + weight_elems * _BYTES[dtype]
-    return LayerCost(name, ops, nbytes, ops / target.peak_ops_per_s(dtype),
-                     nbytes / (target.memory.bandwidth_gbs * 1e9))
-
-
-def estimate_graph(graph: qg.QGraph, target: Target, batch: int = 1, dtype: str = "int8") -> list[LayerCost]:
-    """Roofline cost of each conv / dense layer of ``graph`` at ``batch``."""
-    out = []
-    for node in graph.nodes:
-        if node.op not in ("conv2d", "dense"):
-            continue
-        in_elems = batch * int(np.prod(graph.tensors[node.input].shape))
-        out_elems = batch * int(np.prod(graph.tensors[node.output].shape))
-        per_out = int(np.prod(node.weight.shape[1:]))
-        out.append(estimate_layer(node.name, out_elems * per_out, in_elems, node.weight.size, out_elems, dtype, target))
-    return out
+    ops, nbytes = traffic(workload, kernel, batch)
+    compute_ms = ops / target.peak_ops_per_s("int8") * 1e3
+    memory_ms = nbytes / (target.memory.bandwidth_gbs * 1e9) * 1e3
+    return Estimate(max(compute_ms, memory_ms), ops, nbytes, compute_ms, memory_ms, "roofline",
+                    f"roofline of target file {target.name!r}", kernel.name)

@@ -1,0 +1,91 @@
+"""Efficiency factors fitted to a measured table, so that shapes never measured are predicted too.
+
+Per kernel family, the measured time of a workload is modelled as
+
+    t = a + b * compute_ms + c * memory_ms        (a, b, c >= 0)
+
+with ``compute_ms`` and ``memory_ms`` the two roofline terms of the target file (``hwq.cost.roofline``):
+``a`` is the fixed cost of a call (the thread pool's fork and join, the epilogue's set-up), ``1/b``
+the fraction of peak the kernel reaches, ``1/c`` the fraction of bandwidth. Three numbers per
+family, fitted by non-negative least squares on *relative* errors (a 10 us layer matters as much
+as a 10 ms one to a ranking). The glue between kernels gets the same treatment from whole-model
+measurements: ``t_model - sum(kernels) = call + launches * per_launch + bytes * per_byte``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.optimize import nnls
+
+from hwq.cost.options import family
+from hwq.cost.roofline import roofline
+from hwq.cost.table import LatencyTable, parse_kernel_key
+from hwq.target import Target
+
+MIN_SAMPLES = 3
+
+
+@dataclass(frozen=True)
+class KernelFit:
+    """``t = overhead_ms + compute_scale * compute_ms + memory_scale * memory_ms`` for one kernel family."""
+
+    kernel: str
+    overhead_ms: float
+    compute_scale: float
+    memory_scale: float
+    samples: int
+
+    def predict(self, compute_ms: float, memory_ms: float) -> float:
+        return self.overhead_ms + self.compute_scale * compute_ms + self.memory_scale * memory_ms
+
+
+@dataclass(frozen=True)
+class GlueFit:
+    """``glue = call_ms + launches * launch_ms + megabytes * ms_per_mb`` for a whole model's glue."""
+
+    call_ms: float
+    launch_ms: float
+    ms_per_mb: float
+    samples: int
+
+    def predict(self, launches: int, megabytes: float) -> float:
+        return self.call_ms + launches * self.launch_ms + megabytes * self.ms_per_mb
+
+
+def _relative_nnls(features: np.ndarray, measured: np.ndarray) -> np.ndarray:
+    """Non-negative ``x`` minimising ``sum(((features @ x) / measured - 1)^2)``."""
+    x, _ = nnls(features / measured[:, None], np.ones(len(measured)))
+    return x
+
+
+def fit_kernels(table: LatencyTable, target: Target, keys=None) -> dict[str, KernelFit]:
+    """One :class:`KernelFit` per kernel family with at least ``MIN_SAMPLES`` entries in ``table``
+    (restricted to ``keys`` when given: a held-out evaluation fits on part of the table)."""
+    rows: dict = {}
+    for key, m in table.kernels.items():
+        if keys is not None and key not in keys:
+            continue
+        workload, kernel, batch = parse_kernel_key(key)
+        est = roofline(workload, family(kernel), target, batch)
+        rows.setdefault(kernel, []).append((1.0, est.compute_ms, est.memory_ms, m.median_ms))
+    fits = {}
+    for kernel, r in rows.items():
+        if len(r) < MIN_SAMPLES:
+            continue
+        a = np.asarray(r)
+        x = _relative_nnls(a[:, :3], a[:, 3])
+        fits[kernel] = KernelFit(kernel, float(x[0]), float(x[1]), float(x[2]), len(r))
+    return fits
+
+
+def fit_glue(table: LatencyTable) -> GlueFit | None:
+    """The glue model from the table's whole-model measurements (None with fewer than 2)."""
+    rows = [(1.0, m["glue_ops"], m["glue_mb"], m["median_ms"] - m["kernels_ms"]) for m in table.models.values()
+            if m.get("median_ms", 0) > m.get("kernels_ms", 0)]
+    if len(rows) < 2:
+        return None
+    a = np.asarray(rows, dtype=float)
+    x = _relative_nnls(a[:, :3], a[:, 3])
+    return GlueFit(float(x[0]), float(x[1]), float(x[2]), len(rows))

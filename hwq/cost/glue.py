@@ -1,0 +1,89 @@
+"""The work around the kernels: what the lowering emits between them, as the cost model counts it.
+
+This mirrors ``hwq.lower.relax_builder`` op for op (it reads the same kernel choice from
+``hwq.cost.options`` and the same residual-add fusion from ``hwq.qgraph.fusable_adds``): the
+layout moves at the ends, a pass that shifts a tensor into a kernel's byte type and pads it, a
+slice dropping padded output channels, unfused residual adds, pooling, the input quantize and the
+output dequantize. Each is memory traffic plus one operator launch; ``hwq.cost.calibrate`` fits the
+launch cost and the effective bandwidth of these passes to whole-model measurements.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from hwq import qgraph as qg
+from hwq.cost.options import has_kernels, plan_layers
+from hwq.plan import BitPlan
+from hwq.target import Target
+
+
+@dataclass(frozen=True)
+class GlueOp:
+    """One operator between kernels: ``bytes_per_image`` read plus written, one launch per call."""
+
+    name: str
+    kind: str
+    bytes_per_image: float
+
+
+def _elems(shape) -> int:
+    return int(np.prod(shape))
+
+
+def _round_up(v: int, m: int) -> int:
+    return (v + m - 1) // m * m
+
+
+def glue_ops(graph: qg.QGraph, plan: BitPlan, target: Target) -> list[GlueOp]:
+    """The glue operators of ``graph`` lowered with ``plan`` for ``target`` (features resolved)."""
+    nhwc = has_kernels(target)
+    choices = {c.name: c for c in plan_layers(graph, plan, target)}
+    fused = set()
+    if nhwc:
+        fusable = qg.fusable_adds(graph)
+        for conv_out, (add, _) in fusable.items():
+            node = next(n for n in graph.nodes if n.output == conv_out)
+            c = choices[node.name]
+            if c.kernel.name not in ("cpu-depthwise", "generic") and node.weight.shape[0] % c.kernel.block == 0:
+                fused.add(add.name)
+    t = graph.tensors
+    ops = [GlueOp("input", "quantize", 5.0 * _elems(graph.input.shape))]     # float32 read, byte written
+    if nhwc:
+        ops.append(GlueOp("input", "layout", 2.0 * _elems(graph.input.shape)))
+    for node in graph.nodes:
+        if node.op in ("conv2d", "dense"):
+            c = choices[node.name]
+            k, wl = c.kernel, c.workload
+            if k.name in ("cpu-depthwise", "generic"):
+                continue     # the depthwise kernel pads itself; generic ops are priced as their kernel
+            n_in = _elems(t[node.input].shape)
+            if wl.op == "conv2d" and wl.in_channels < 4 and wl.kernel[0] * wl.kernel[1] > 1:
+                continue     # im2col: its gather is timed with the kernel
+            shift = t[node.input].dtype != k.in_dtype or (k.pair_bound and t[node.input].dtype == "int8")
+            if shift:
+                ops.append(GlueOp(node.name, "shift", 2.0 * n_in))
+            ph, pw = wl.padding if wl.op == "conv2d" else (0, 0)
+            cin_p = _round_up(wl.in_channels, 4)
+            if ph or pw or cin_p != wl.in_channels:
+                _, h, w = wl.in_shape if wl.op == "conv2d" else (wl.in_channels, 1, 1)
+                ops.append(GlueOp(node.name, "pad", n_in + (h + 2 * ph) * (w + 2 * pw) * cin_p))
+            cout = wl.out_channels
+            if cout % k.block:
+                oh, ow = wl.out_hw
+                ops.append(GlueOp(node.name, "slice", oh * ow * (cout + _round_up(cout, k.block))))
+        elif node.op == "add":
+            if node.name not in fused:
+                ops.append(GlueOp(node.name, "add", 3.0 * _elems(t[node.output].shape)))
+        elif node.op in ("global_avg_pool", "max_pool2d", "clamp"):
+            ops.append(GlueOp(node.name, node.op, _elems(t[node.input].shape) + _elems(t[node.output].shape)))
+        elif node.op == "flatten" and nhwc and _elems(t[node.input].shape[1:]) > 1:
+            ops.append(GlueOp(node.name, "layout", 2.0 * _elems(t[node.input].shape)))
+    out = graph.output_info
+    width = 4 if out.dtype == "int32" else 1
+    ops.append(GlueOp(graph.output, "dequantize", (width + 4.0) * _elems(out.shape)))
+    if nhwc and len(out.shape) == 3:
+        ops.append(GlueOp(graph.output, "layout", 2.0 * width * _elems(out.shape)))
+    return ops
