@@ -137,6 +137,30 @@ def _read_plan(path: str):
     return BitPlan.from_json(text)
 
 
+def _allocate_config(args):
+    from hwq.alloc_job import AllocateConfig
+
+    ties = tuple(tuple(t.split(",")) for t in args.tie or ())
+    return AllocateConfig(model=args.model, target=args.target, budget=args.budget, batch=args.batch,
+                          sensitivity=args.sensitivity, max_weight_mb=args.max_weight_mb, ties=ties,
+                          solver=getattr(args, "solver", "exact"), images=args.images,
+                          out=getattr(args, "out", "hwq-out/plan.json"), json=args.json, data_dir=args.data_dir)
+
+
+def _cmd_allocate(args) -> int:
+    from hwq.alloc_job import run_allocate
+
+    run_allocate(_allocate_config(args))
+    return 0
+
+
+def _cmd_pareto(args) -> int:
+    from hwq.alloc_job import run_pareto
+
+    run_pareto(_allocate_config(args), budgets=args.budgets)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="hwq", description="hardware-aware deployment compiler for integer accelerators")
     sub = p.add_subparsers(dest="command", required=True)
@@ -215,6 +239,26 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--batch", type=int, default=1)
     c.add_argument("--json", default=None, metavar="PATH", help="also write the table as JSON")
     c.set_defaults(func=_cmd_cost)
+    for name, helptext in (("allocate", "the most accurate per-layer plan that meets a latency budget on a target"),
+                           ("pareto", "sweep latency budgets: the accuracy / latency front of a model on a target")):
+        a = sub.add_parser(name, help=helptext)
+        a.add_argument("model", nargs="?", default="rescnn", help="zoo model (rescnn, resnet20, mobilenetv2)")
+        a.add_argument("--target", default="x86-host")
+        a.add_argument("--batch", type=int, default=1)
+        a.add_argument("--sensitivity", default="measured", help="duals | hessian | measured (default measured)")
+        a.add_argument("--max-weight-mb", type=float, default=None, help="also bound the stored weights (MB)")
+        a.add_argument("--tie", action="append", metavar="L1,L2,...", help="layers that must share one option")
+        a.add_argument("--images", type=int, default=1000, help="held-out images for the sensitivities")
+        a.add_argument("--json", default=None, metavar="PATH", help="also write a JSON report")
+        a.add_argument("--data-dir", default=None, help="directory with the Fashion-MNIST idx .gz files")
+        if name == "allocate":
+            a.add_argument("--budget", default="0.8x", help="'2.5ms', or '0.8x' = 0.8 x uniform W8A8 (default 0.8x)")
+            a.add_argument("--solver", default="exact", help="exact (milp) or greedy")
+            a.add_argument("--out", default="hwq-out/plan.json", help="the BitPlan JSON to write")
+            a.set_defaults(func=_cmd_allocate)
+        else:
+            a.add_argument("--budgets", type=int, default=20, help="how many budgets (default 20)")
+            a.set_defaults(func=_cmd_pareto, budget="1x")
     return p
 
 
