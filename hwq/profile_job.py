@@ -107,7 +107,7 @@ def _uniform_plans(graph, target: Target) -> list[tuple[str, BitPlan]]:
 
 def run_profile(config: ProfileConfig, log=print) -> LatencyTable:
     """Measure ``config.models`` on ``config.target`` and return (and save) the table."""
-    import tvm
+    from importlib.metadata import version
 
     import hwq
     from hwq.lower import compile_model
@@ -119,7 +119,7 @@ def run_profile(config: ProfileConfig, log=print) -> LatencyTable:
     device, target, cpu = _device(config, target)
     path = user_path(target.name, cpu, device.remote)
     table = (LatencyTable.load(path) if path.is_file() else
-             LatencyTable(target.name, cpu, device.remote, hwq.__version__, tvm.__version__, path=path))
+             LatencyTable(target.name, cpu, device.remote, hwq.__version__, version("apache-tvm"), path=path))
     if table.kernels:
         log(f"resuming {path}: {len(table.kernels)} kernel entries already measured")
     graphs = {m: example_graph(m) for m in config.models}
