@@ -20,6 +20,13 @@ from hwq.errors import ConfigError, choices
 from hwq.fileio import atomic_write_json, atomic_write_text
 
 SOLVERS = ("exact", "greedy")
+DUALS_IMAGES = 5000
+
+
+def _duals_qat():
+    from hwq.qat import QATConfig
+
+    return QATConfig(epochs=1, batch_size=128, lr=1e-4, gradient_mode="fp", dual_lr=10.0, dual_period=5, eps=0.02)
 
 
 @dataclass(frozen=True)
@@ -56,10 +63,11 @@ class AllocateConfig:
 
 
 def model_and_data(config: AllocateConfig, log=print):
-    """(float model, calibration images, held-out (images, labels)) for ``config.model``."""
+    """(float model, calibration images, held-out (images, labels), training (images, labels) for
+    the duals' constrained QAT run) for ``config.model``."""
     import torch
 
-    from hwq.models.zoo import zoo_model
+    from hwq.models.zoo import FLOAT_TRAINING, zoo_model
 
     if config.model == "mobilenetv2":
         from hwq.data.natural_images import natural_crops
@@ -69,7 +77,7 @@ def model_and_data(config: AllocateConfig, log=print):
         with torch.no_grad():
             labels = torch.cat([model(crops[i:i + 32]).argmax(1) for i in range(64, len(crops), 32)])
         log("MobileNetV2 (ImageNet weights): no labels here, the loss is taken against its own float predictions")
-        return model, crops[:64], (crops[64:], labels)
+        return model, crops[:64], (crops[64:], labels), (crops[64:], labels)
     from hwq.data import load_fashion_mnist
     from hwq.models import ResCNN, ResNet20, TrainConfig, load_or_train
     from hwq.models.train import to_float_input
@@ -77,32 +85,31 @@ def model_and_data(config: AllocateConfig, log=print):
     train, test = load_fashion_mnist("train", config.data_dir), load_fashion_mnist("test", config.data_dir)
     torch.manual_seed(0)
     cls = {"rescnn": ResCNN, "resnet20": ResNet20}[config.model]
-    model, cached = load_or_train(cls(), train, TrainConfig(), log=lambda s: log("  " + s))
+    model, cached = load_or_train(cls(), train, TrainConfig(**FLOAT_TRAINING[config.model]), log=lambda s: log("  " + s))
     log(f"float {config.model}: {'cached' if cached else 'trained and cached'}")
     held = test.subset(config.images, seed=3)
+    qat = train.subset(DUALS_IMAGES, seed=2)
     return (model, to_float_input(train.subset(512, seed=1).images),
-            (to_float_input(held.images), torch.from_numpy(held.labels).long()))
+            (to_float_input(held.images), torch.from_numpy(held.labels).long()),
+            (to_float_input(qat.images), torch.from_numpy(qat.labels).long()))
 
 
-def sensitivities(config: AllocateConfig, prepared, options, data, log=print):
-    """The ``Sensitivities`` of ``config.sensitivity`` (a short constrained QAT run for ``duals``)."""
+def sensitivities(config: AllocateConfig, model, prepared, calib, options, data, qat_data, log=print):
+    """The ``Sensitivities`` of ``config.sensitivity``. ``duals`` runs constrained QAT at W4A4 first:
+    at W8A8 every layer's error is far below any useful bound, every constraint is slack and every
+    dual stays 0; the duals only say something where the constraints bind."""
     from hwq.alloc.sensitivity import layer_sensitivities
 
     report = None
     if config.sensitivity == "duals":
-        import copy
-
         from torch.utils.data import TensorDataset
 
-        from hwq.qat import QATConfig, train_constrained
+        from hwq.plan import BitPlan, LayerSpec
+        from hwq.qat import quantize_, train_constrained
 
-        trained = copy.deepcopy(prepared)
-        x, y = data
-        log(f"constrained QAT (duals): one pass over {len(y)} images")
-        report = train_constrained(trained, TensorDataset(x, y), QATConfig(epochs=1, batch_size=64, eps=0.002,
-                                                                        dual_lr=50.0, dual_period=2),
-                                   progress=False, log=lambda s: None)
-        prepared = trained
+        prepared = quantize_(model, BitPlan(default=LayerSpec(4, 4)), step="prepare", calibration=calib)
+        log(f"constrained QAT at W4A4 on {len(qat_data[1])} images (duals)")
+        report = train_constrained(prepared, TensorDataset(*qat_data), _duals_qat(), progress=False, log=lambda s: None)
     return layer_sensitivities(prepared, options, data, config.sensitivity, report=report,
                                images=config.images, batch_size=min(250, config.images))
 
@@ -112,7 +119,7 @@ def _prepare(config: AllocateConfig, log):
     from hwq.cost.workload import Workload, layer_nodes
     from hwq.qat import quantize_
 
-    model, calib, data = model_and_data(config, log)
+    model, calib, data, qat_data = model_and_data(config, log)
     prepared = quantize_(model, step="prepare", calibration=calib)
     graph = quantize_(prepared, step="convert")
     cost = CostModel(config.target)
@@ -121,7 +128,7 @@ def _prepare(config: AllocateConfig, log):
     options = {n.name: [o.spec for o in layer_options(Workload.of(n, graph.tensors[n.input].shape), cost.target,
                                                       n.requant is not None)]
                for n in layer_nodes(graph)}
-    sens = sensitivities(config, prepared, options, data, log)
+    sens = sensitivities(config, model, prepared, calib, options, data, qat_data, log)
     alloc = build_allocation(graph, cost, sens.losses, config.batch, config.ties)
     return graph, cost, sens, alloc
 
