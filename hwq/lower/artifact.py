@@ -1,7 +1,9 @@
 """A deployable artifact: a directory with the compiled library and a manifest.
 
     model.so        the Relax VM executable (cross-compiled for the target's triple)
-    manifest.json   format, versions, target, the library's sha256, the graph's I/O description
+    manifest.json   format, versions, target, the CPU it was built for (triple, mcpu, mattr and the
+                    instruction-set extensions its code may use), the library's sha256, the graph's
+                    I/O description
 
 Writing goes to a temporary sibling directory that is renamed into place, so an interrupted save
 never leaves a half-written artifact; loading checks the manifest and the library's hash first.
@@ -22,7 +24,7 @@ import tvm
 import hwq
 from hwq.errors import ArtifactError
 
-FORMAT, FORMAT_VERSION = "hwq-artifact", 1
+FORMAT, FORMAT_VERSION = "hwq-artifact", 2   # 2: the build CPU is recorded
 LIBRARY, MANIFEST = "model.so", "manifest.json"
 
 
@@ -34,8 +36,10 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def save_artifact(executable, path, target, graph_json: str, fcompile=None) -> Path:
-    """Export ``executable`` and its manifest to the directory ``path`` (replaced if it exists)."""
+def save_artifact(executable, path, target, graph_json: str, cpu: dict, fcompile=None) -> Path:
+    """Export ``executable`` and its manifest to the directory ``path`` (replaced if it exists).
+
+    ``cpu`` is ``hwq.lower.cpu_check.build_cpu`` of the (host) LLVM target it was compiled for."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
@@ -51,6 +55,7 @@ def save_artifact(executable, path, target, graph_json: str, fcompile=None) -> P
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             # a CUDA target's triple is its host CPU's
             "target": target.name, "target_kind": target.kind, "target_triple": target.host_triple,
+            "cpu": cpu,
             "library": LIBRARY, "sha256": _sha256(lib),
             "graph": json.loads(graph_json),
         }
@@ -83,8 +88,9 @@ def read_manifest(path) -> dict:
         raise ArtifactError(f"{str(mf)!r} has format {manifest.get('format') if isinstance(manifest, dict) else None!r}, "
                             f"expected {FORMAT!r}")
     if manifest.get("version") != FORMAT_VERSION:
-        raise ArtifactError(f"{str(mf)!r} has format version {manifest.get('version')!r}; this hwq reads {FORMAT_VERSION}")
-    for key in ("library", "sha256", "target", "graph"):
+        raise ArtifactError(f"{str(mf)!r} has format version {manifest.get('version')!r}; this hwq reads {FORMAT_VERSION}: "
+                            f"compile and save the model again")
+    for key in ("library", "sha256", "target", "graph", "tvm_version", "cpu"):
         if key not in manifest:
             raise ArtifactError(f"{str(mf)!r} lacks the field {key!r}")
     lib = path / manifest["library"]

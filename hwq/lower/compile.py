@@ -13,6 +13,7 @@ from tvm import relax
 from hwq import qgraph as qg
 from hwq.errors import ArtifactError, DataError, TargetError
 from hwq.lower.artifact import LIBRARY, read_manifest, save_artifact
+from hwq.lower.cpu_check import build_cpu, check_runs_on_this_cpu
 from hwq.lower.pipeline import get_pipeline
 from hwq.lower.relax_builder import build_relax_module
 from hwq.lower.tvm_target import resolve_features, to_tvm_target
@@ -121,7 +122,9 @@ class CompiledModel:
         if self.target.is_cross:
             from tvm.support import cc
             fcompile = cc.cross_compiler(self.target.cross_compiler)
-        return save_artifact(self.executable, path, self.target, self.graph_json, fcompile)
+        llvm = to_tvm_target(self.target)
+        cpu = build_cpu(llvm if self.target.kind == "cpu" else llvm.host)
+        return save_artifact(self.executable, path, self.target, self.graph_json, cpu, fcompile)
 
 
 def compile_model(graph: qg.QGraph, target: Target | str = "x86-host") -> CompiledModel:
@@ -147,12 +150,22 @@ def compile_model(graph: qg.QGraph, target: Target | str = "x86-host") -> Compil
 
 
 def load_model(path) -> CompiledModel:
-    """Load an artifact directory written by ``CompiledModel.save`` (checks manifest and hash)."""
+    """Load an artifact directory written by ``CompiledModel.save``.
+
+    Checks the manifest and the library's hash, then, before TVM loads any code: the TVM version
+    it was built with, and that this machine's CPU has every instruction-set extension the code
+    may use (else it would die with an illegal instruction).
+    """
     manifest = read_manifest(path)
+    if manifest["tvm_version"] != tvm.__version__:
+        raise ArtifactError(f"artifact {str(path)!r} was built with TVM {manifest['tvm_version']!r} and this is "
+                            f"TVM {tvm.__version__!r}; compile and save it again with this TVM (hwq pins "
+                            f"apache-tvm), or load it where that TVM is installed")
     target = load_target(manifest["target"])
     if not _runs_here(target):
         raise ArtifactError(f"artifact {str(path)!r} was built for {target.name!r}, which needs "
                             f"{_where_it_runs(target)}; run it on that device")
+    check_runs_on_this_cpu(manifest["cpu"], str(path))
     try:
         executable = tvm.runtime.load_module(str(Path(path) / manifest.get("library", LIBRARY)))
     except Exception as e:  # TVM raises its own error types for a library it cannot load
