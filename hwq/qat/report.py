@@ -3,6 +3,9 @@
 At a solution, λ_l is the derivative of the optimal loss with respect to ε_l: how much the task
 would gain if layer l were allowed more quantization error. The paper keeps the layers of largest
 λ in high precision; ``top_layers(k)`` names them.
+
+A run under a latency budget (``hwq.alloc.budget_qat``) also reports the budget's dual μ*, stored
+in loss per millisecond: the price, in task loss, of one millisecond of latency on that target.
 """
 
 from __future__ import annotations
@@ -41,7 +44,11 @@ class LayerSensitivity:
 
 @dataclass(frozen=True)
 class SensitivityReport:
-    """Per-layer λ, slack, ε and bits, the output constraint (or None), and the training history."""
+    """Per-layer λ, slack, ε and bits, the output constraint (or None), and the training history.
+
+    ``latency_dual`` (loss per ms) and ``latency_budget_ms`` are set by a run under a latency
+    budget and None otherwise; JSON without them (older reports) reads back with None.
+    """
 
     layers: tuple
     output: LayerSensitivity | None = None
@@ -49,6 +56,8 @@ class SensitivityReport:
     history: tuple = ()
     accuracy: float | None = None      # quantized (fake-quant) model on the evaluation data, percent
     version: int = 1
+    latency_dual: float | None = None      # μ* of the latency budget, in loss per ms
+    latency_budget_ms: float | None = None
 
     def top_layers(self, k: int) -> list[str]:
         """Names of the ``k`` layers with the largest λ (ties keep execution order)."""
@@ -59,10 +68,13 @@ class SensitivityReport:
         return {layer.name: layer.lam for layer in self.layers}
 
     def to_json(self) -> str:
-        return json.dumps({"version": self.version, "layers": [layer.to_json() for layer in self.layers],
-                           "output": None if self.output is None else self.output.to_json(),
-                           "accuracy": self.accuracy, "config": self.config, "history": list(self.history)},
-                          indent=2)
+        d = {"version": self.version, "layers": [layer.to_json() for layer in self.layers],
+             "output": None if self.output is None else self.output.to_json(),
+             "accuracy": self.accuracy, "config": self.config, "history": list(self.history)}
+        # written only by budgeted runs: every other report's JSON stays as it was
+        if self.latency_dual is not None or self.latency_budget_ms is not None:
+            d["latency_dual"], d["latency_budget_ms"] = self.latency_dual, self.latency_budget_ms
+        return json.dumps(d, indent=2)
 
     @classmethod
     def from_json(cls, text: str) -> "SensitivityReport":
@@ -71,7 +83,8 @@ class SensitivityReport:
             return cls(layers=tuple(LayerSensitivity.from_json(x) for x in d["layers"]),
                        output=None if d.get("output") is None else LayerSensitivity.from_json(d["output"]),
                        config=d.get("config", {}), history=tuple(d.get("history", ())),
-                       accuracy=d.get("accuracy"), version=d.get("version", 1))
+                       accuracy=d.get("accuracy"), version=d.get("version", 1),
+                       latency_dual=d.get("latency_dual"), latency_budget_ms=d.get("latency_budget_ms"))
         except (json.JSONDecodeError, KeyError, TypeError) as e:
             raise ConfigError(f"not a SensitivityReport JSON document: {e!r}") from None
 
@@ -92,4 +105,6 @@ class SensitivityReport:
         for r in rows:
             bits = f"{r.weight_bits or '-':>2} {r.act_bits or '-':>2}"
             lines.append(f"{r.name:{w}s} {bits} {r.lam:10.4g} {r.slack:10.4g} {r.eps:8.3g}")
+        if self.latency_dual is not None and self.latency_budget_ms is not None:
+            lines.append(f"latency budget {self.latency_budget_ms:.4g} ms: mu* = {self.latency_dual:.4g} loss per ms")
         return "\n".join(lines)
