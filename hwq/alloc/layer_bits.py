@@ -91,7 +91,8 @@ def named_layers(model: nn.Module, names) -> dict:
     """
     layers = {layer.name: layer for layer in quant_layers(model)}
     if not layers:
-        raise ConfigError("the model has no QuantLayer: pass the module quantize_(model, plan, step='prepare') returned")
+        raise ConfigError("the model has no QuantLayer: pass the module that "
+                          "quantize_(model, plan, step='prepare') returned")
     if names is None:
         return layers
     for name in names:

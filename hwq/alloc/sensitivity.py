@@ -15,7 +15,7 @@ free, and this estimator says 0 for every option; that is its known blind spot.
 
 ``"hessian"`` (HAWQ-V2, Dong et al., NeurIPS 2020; HAWQ-V3): second order around the float model,
 
-    s[l][o] = ½ · Tr(H_W)/n_W · ‖Q_o(W) - W‖²  +  ½ · Tr(H_a)/n_a · ‖Q_o(a) - a‖²  - (same at the reference),
+    s[l][o] = ½ Tr(H_W)/n_W ‖Q_o(W) - W‖² + ½ Tr(H_a)/n_a ‖Q_o(a) - a‖² - (the same at the reference),
 
 with Hutchinson estimates of the Hessian traces of the loss with respect to the layer's weights W
 and its output activation a (``hwq.alloc.hessian``). Dividing the trace by the number of elements

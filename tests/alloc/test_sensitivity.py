@@ -164,7 +164,8 @@ def test_json_round_trip_and_table_for_the_solver():
     assert "w4a4" in s.text_table()
     with pytest.raises(ConfigError, match=r"no sensitivities for layer 'stem'; did you mean 'stem.0'"):
         s.losses("stem", ["w8a8"])
-    with pytest.raises(ConfigError, match=r"no sensitivity of layer 'fc' for options \['w4a4'\]; it has 'w7a8', 'w8a8'"):
+    with pytest.raises(ConfigError, match=r"no sensitivity of layer 'fc' for options \['w4a4'\]; "
+                                          r"it has 'w7a8', 'w8a8'"):
         s.losses("fc", ["w8a8", "w4a4"])
     assert parse_option("w7a8") == LayerSpec(7, 8) and option_name(LayerSpec(2, 6)) == "w2a6"
 
