@@ -1,5 +1,7 @@
 """The trainer: checkpoint and resume reproduce an uninterrupted run, progress bars, config and report JSON."""
 
+import dataclasses
+
 import pytest
 import torch
 from torch.utils.data import TensorDataset
@@ -68,7 +70,15 @@ def test_report_json_round_trip_and_top_layers(tmp_path):
     assert [r.name for r in report.layers] == ["c", "fc"] and report.output.name == "output"
     assert (report.layers[0].weight_bits, report.layers[0].act_bits, report.layers[1].act_bits) == (4, 4, None)
     assert '"lambda"' in path.read_text()
-    assert sorted(report.top_layers(2)) == ["c", "fc"]
+    lams = report.lambdas()
+    assert report.top_layers(2) == sorted(lams, key=lambda n: -lams[n]) and report.top_layers(1) == report.top_layers(2)[:1]
+    # ranked by lambda, not execution order: either order comes out, and ties keep execution order
+    ranked = {(0.5, 2.0): ["fc"], (3.0, 2.0): ["c"], (1.0, 1.0): ["c"]}
+    for (lam_c, lam_fc), top in ranked.items():
+        crafted = dataclasses.replace(report, layers=(dataclasses.replace(report.layers[0], lam=lam_c),
+                                                      dataclasses.replace(report.layers[1], lam=lam_fc)))
+        assert crafted.top_layers(1) == top and crafted.top_layers(2) == top + [n for n in ("c", "fc") if n not in top]
+        assert SensitivityReport.from_json(crafted.to_json()).top_layers(1) == top
     with pytest.raises(ConfigError):
         SensitivityReport.from_json("{}")
 
