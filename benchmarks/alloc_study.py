@@ -1,0 +1,296 @@
+"""Bit allocation under a latency budget, measured: accuracy against measured latency per plan.
+
+For each model, on the target (default ``x86-avx2``, whose options differ in speed on this
+machine's AVX2 units) at one batch size:
+
+1. the cost model: ``hwq profile`` of the model (resumed from this CPU's table), so predictions
+   come from kernels measured here;
+2. sensitivities s[l][o] for every layer and option the target offers: (a) duals of a constrained
+   QAT run at W4A4, (b) Hessian traces (HAWQ), (c) measured one-layer loss changes;
+3. the uniform plans (every layer at one option, where the layer offers it) as reference points,
+   and budgets spanning the fastest uniform plan to the slowest;
+4. at each budget: the exact knapsack's plan under (a), (b), (c); the budget-as-dual QAT plan
+   (``hwq.alloc.budget_qat``, where available); random plans at the same budget (the exact solver
+   on random sensitivities, so they sit at the budget too), several seeds;
+5. every plan fine-tuned with the same short QAT schedule (Fashion-MNIST models; MobileNetV2 has no
+   labels here and is compared post-training, top-1 agreement with its float model on natural
+   crops), compiled, its integer accuracy measured with the TVM build, its latency **measured**.
+
+Writes benchmarks/results/alloc_study.json (one entry per model, merged with earlier runs of other
+models) and alloc_study.png.
+
+    python benchmarks/alloc_study.py --models rescnn --budgets 5 --random 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+RESULTS = Path(__file__).resolve().parent / "results"
+OPTIONS = ("w8a8", "w7a8", "w4a8", "w8a4", "w4a4")
+
+
+def uniform_plan(alloc, option: str) -> tuple:
+    """Every group at ``option``, or at its closest offered option (8-bit weights, the same output)."""
+    choice = []
+    for opts in alloc.options:
+        names = [o.name for o in opts]
+        alt = f"w8a{option[-1]}"
+        choice.append(names.index(option) if option in names else names.index(alt) if alt in names else 0)
+    return tuple(choice)
+
+
+class Evaluator:
+    """Fine-tune (or not), compile, measure latency and integer accuracy of plans; cached by plan."""
+
+    def __init__(self, name, model, calib, held, train_data, target, batch, args, log):
+        self.name, self.model, self.calib, self.held, self.train_data = name, model, calib, held, train_data
+        self.target, self.batch, self.args, self.log = target, batch, args, log
+        self.cache = {}
+
+    def __call__(self, plan) -> dict:
+        key = plan.to_json()
+        if key in self.cache:
+            return self.cache[key]
+        from torch.utils.data import TensorDataset
+
+        from hwq.lower import compile_model
+        from hwq.lower.device import LocalDevice
+        from hwq.lower.profile import measure_model
+        from hwq.qat import QATConfig, quantize_, quantize_ptq, train_constrained
+        from hwq.qat.reference import dequantize_output, quantize_input
+
+        t0 = time.time()
+        if self.name == "mobilenetv2":
+            graph = quantize_ptq(self.model, self.calib, plan)
+        else:
+            prepared = quantize_(self.model, plan, step="prepare", calibration=self.calib)
+            qat = QATConfig(epochs=1, batch_size=128, lr=1e-4, gradient_mode="ste", dual_lr=0.0, seed=0)
+            train_constrained(prepared, TensorDataset(*self.train_data), qat, progress=False, log=lambda s: None)
+            graph = quantize_(prepared, step="convert")
+        compiled = compile_model(graph, self.target)
+        med, q1, q3 = measure_model(compiled, LocalDevice(), self.batch, self.args.repeats)
+        x, y = self.held
+        xi = quantize_input(graph, x).numpy().astype(graph.input.dtype)
+        out = np.concatenate([compiled.run_int(xi[i:i + 250]) for i in range(0, len(xi), 250)])
+        logits = dequantize_output(graph, torch.from_numpy(out.astype(np.int64)))
+        acc = 100.0 * float((logits.argmax(1) == y).float().mean())
+        r = {"measured_ms": med, "q1_ms": q1, "q3_ms": q3, "accuracy": acc, "seconds": time.time() - t0}
+        self.cache[key] = r
+        return r
+
+
+def study(name, args, log) -> dict:
+    from hwq.alloc.build import build_allocation
+    from hwq.alloc.sensitivity import layer_sensitivities
+    from hwq.alloc.solve import solve_exact, solve_greedy
+    from hwq.alloc_job import AllocateConfig, _duals_qat, model_and_data
+    from hwq.cost import CostModel, Workload, layer_options
+    from hwq.cost.workload import layer_nodes
+    from hwq.plan import BitPlan, LayerSpec
+    from hwq.profile_job import ProfileConfig, run_profile
+    from hwq.qat import quantize_, train_constrained
+
+    t_start = time.time()
+    table = run_profile(ProfileConfig(models=(name,), target=args.target, batches=(args.batch,),
+                                      time_budget_s=1200, progress=False), log=lambda s: None)
+    cost = CostModel(args.target, table)
+    target = cost.target
+    model, calib, held, qat_data = model_and_data(AllocateConfig(model=name, images=args.images), log)
+    prepared = quantize_(model, step="prepare", calibration=calib)
+    graph = quantize_(prepared, step="convert")
+    options = {n.name: [o.spec for o in layer_options(Workload.of(n, graph.tensors[n.input].shape), target,
+                                                      n.requant is not None)] for n in layer_nodes(graph)}
+    sens, seconds = {}, {}
+    methods = ["measured", "hessian"] + (["duals"] if name != "mobilenetv2" else [])
+    plan_methods = methods + (["budget-dual"] if name != "mobilenetv2" else [])
+    for m in methods:
+        t = time.time()
+        report, model_m = None, prepared
+        if m == "duals":
+            model_m = quantize_(model, BitPlan(default=LayerSpec(4, 4)), step="prepare", calibration=calib)
+            from torch.utils.data import TensorDataset
+            report = train_constrained(model_m, TensorDataset(*qat_data), _duals_qat(), progress=False,
+                                       log=lambda s: None)
+        sens[m] = layer_sensitivities(model_m, options, held, m, report=report, images=args.images,
+                                      batch_size=min(250, args.images), samples=16)
+        seconds[m] = time.time() - t
+        log(f"  {m} sensitivities: {seconds[m]:.0f} s")
+    allocs = {m: build_allocation(graph, cost, s.losses, args.batch) for m, s in sens.items()}
+    ref = allocs["measured"]
+    p = ref.problem
+    train_data = (qat_data[0][:args.finetune_images], qat_data[1][:args.finetune_images])
+    evaluate = Evaluator(name, model, calib, held, train_data, args.target, args.batch, args, log)
+
+    uniform = {}
+    for o in OPTIONS:
+        c = uniform_plan(ref, o)
+        uniform[o] = {"choice": c, "predicted_ms": p.latency(c), "plan": json.loads(ref.plan(c).to_json()),
+                      **evaluate(ref.plan(c))}
+        log(f"  uniform {o}: predicted {uniform[o]['predicted_ms']:.3f} ms, measured {uniform[o]['measured_ms']:.3f} ms, "
+            f"accuracy {uniform[o]['accuracy']:.2f}%")
+    lo = min(u["predicted_ms"] for u in uniform.values())
+    hi = max(u["predicted_ms"] for u in uniform.values())
+    budgets = [lo + (hi - lo) * (i + 1) / (args.budgets + 1) for i in range(args.budgets)]
+    rows, solver = [], []
+    for b in budgets:
+        for m, alloc in allocs.items():
+            sol = solve_exact(alloc.problem, b)
+            g = solve_greedy(alloc.problem, b)
+            solver.append({"budget_ms": b, "method": m, "exact_loss": sol.loss, "greedy_loss": g.loss,
+                           "exact_s": sol.seconds, "greedy_s": g.seconds})
+            rows.append(_row(b, m, 0, alloc, sol, evaluate, log))
+        if name != "mobilenetv2":
+            rows.append(_budget_dual(model, calib, train_data, ref, b, evaluate, log))
+        for seed in range(args.random):
+            rng = np.random.default_rng(seed)
+            noise = {layer: dict(zip([o for o in sens["measured"].values[layer]],
+                                     rng.random(len(sens["measured"].values[layer])))) for layer in sens["measured"].values}
+            ralloc = build_allocation(graph, cost, lambda layer, opts: [noise[layer][o] for o in opts], args.batch)
+            rows.append(_row(b, "random", seed, ralloc, solve_exact(ralloc.problem, b), evaluate, log))
+    return {"target": target.name, "batch": args.batch, "table": str(table.path), "methods": methods,
+            "sensitivity_seconds": seconds, "uniform": uniform, "budgets": budgets, "plans": rows, "solver": solver,
+            "sensitivities": {m: json.loads(s.to_json()) for m, s in sens.items()},
+            "seconds": time.time() - t_start, **summarize(rows, uniform, plan_methods)}
+
+
+def _row(budget, method, seed, alloc, sol, evaluate, log) -> dict:
+    plan = alloc.plan(sol.choice)
+    r = {"budget_ms": budget, "method": method, "seed": seed, "predicted_ms": sol.latency_ms, "loss": sol.loss,
+         "plan": json.loads(plan.to_json()), **evaluate(plan)}
+    log(f"  budget {budget:8.3f} ms {method:9s} {seed}: predicted {sol.latency_ms:8.3f}, measured {r['measured_ms']:8.3f} ms "
+        f"({r['measured_ms'] / budget - 1:+6.1%} of budget), accuracy {r['accuracy']:.2f}%")
+    return r
+
+
+def _budget_dual(model, calib, train_data, alloc, budget, evaluate, log) -> dict:
+    """The plan the budget-as-dual QAT run settles on (then the same fine-tune as every plan)."""
+    from torch.utils.data import TensorDataset
+
+    from hwq.alloc.budget_qat import BudgetQATConfig, train_with_budget
+    from hwq.qat import QATConfig, quantize_
+
+    prepared = quantize_(model, step="prepare", calibration=calib)
+    qat = QATConfig(epochs=1, batch_size=128, lr=1e-4, gradient_mode="ste", dual_lr=0.0, seed=0)
+    res = train_with_budget(prepared, TensorDataset(*train_data), alloc, budget, qat,
+                            BudgetQATConfig(epochs=1, finetune_epochs=1), log=lambda s: None)
+
+    class _Sol:
+        choice, latency_ms, loss = res.choice, alloc.problem.latency(res.choice), float("nan")
+
+    r = _row(budget, "budget-dual", 0, alloc, _Sol, evaluate, log)
+    r.update({"mu": res.mu, "loss_per_ms": res.loss_per_ms, "repaired": res.repaired, "expected_ms": res.expected_ms})
+    return r
+
+
+def _line(uniform, ms) -> float:
+    """Accuracy on the straight line between the uniform plans that bracket ``ms`` (measured)."""
+    pts = sorted((u["measured_ms"], u["accuracy"]) for u in uniform.values())
+    if ms <= pts[0][0]:
+        return pts[0][1]
+    for (x0, y0), (x1, y1) in zip(pts, pts[1:]):
+        if ms <= x1:
+            return y0 + (y1 - y0) * (ms - x0) / (x1 - x0) if x1 > x0 else max(y0, y1)
+    return pts[-1][1]
+
+
+def summarize(rows, uniform, methods) -> dict:
+    allocated = [r for r in rows if r["method"] != "random"]
+    over = [r["measured_ms"] / r["budget_ms"] - 1 for r in allocated]
+    per_budget = []
+    for b in sorted({r["budget_ms"] for r in rows}):
+        at = [r for r in rows if r["budget_ms"] == b]
+        rand = [r["accuracy"] for r in at if r["method"] == "random"]
+        entry = {"budget_ms": b, "random_median_accuracy": statistics.median(rand) if rand else None}
+        for m in methods:
+            r = next(r for r in at if r["method"] == m)
+            entry[m] = {"accuracy": r["accuracy"], "measured_ms": r["measured_ms"],
+                        "uniform_line": _line(uniform, r["measured_ms"])}
+        per_budget.append(entry)
+    return {"within_budget_3pct": float(np.mean([o <= 0.03 for o in over])) if over else None,
+            "worst_over_budget": max(over) if over else None, "per_budget": per_budget}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--models", default="rescnn")
+    p.add_argument("--target", default="x86-avx2")
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--budgets", type=int, default=5)
+    p.add_argument("--random", type=int, default=5)
+    p.add_argument("--images", type=int, default=1000, help="held-out images (sensitivities and accuracy)")
+    p.add_argument("--finetune-images", type=int, default=2000)
+    p.add_argument("--repeats", type=int, default=9)
+    p.add_argument("--out", default=str(RESULTS / "alloc_study.json"))
+    args = p.parse_args(argv)
+    from hwq.fileio import atomic_write_json
+    from hwq.timing import environment
+
+    log = lambda s: print(s, flush=True)  # noqa: E731
+    out_path = Path(args.out)
+    result = json.loads(out_path.read_text()) if out_path.is_file() else {"models": {}}
+    for name in args.models.split(","):
+        log(f"{name}:")
+        result["models"][name] = {**study(name, args, log), "environment": environment()}
+        atomic_write_json(out_path, result)
+    print(render(result))
+    _plot(result, out_path.with_suffix(".png"))
+    return 0
+
+
+def render(result) -> str:
+    lines = []
+    for name, r in result["models"].items():
+        lines.append(f"\n{name} on {r['target']} at batch {r['batch']}: allocated plans within budget + 3 %: "
+                     f"{r['within_budget_3pct']:.0%} (worst {r['worst_over_budget']:+.1%})")
+        methods = [m for m in r["per_budget"][0] if m not in ("budget_ms", "random_median_accuracy")]
+        lines.append(f"{'budget ms':>9s} " + " ".join(f"{m + ' acc/ms':>22s}" for m in methods)
+                     + f" {'uniform line':>12s} {'random med':>10s}")
+        for e in r["per_budget"]:
+            line = f"{e['budget_ms']:9.3f} " + " ".join(f"{e[m]['accuracy']:10.2f}% {e[m]['measured_ms']:9.3f}"
+                                                       for m in methods)
+            ref = e[methods[0]]["uniform_line"]
+            lines.append(line + f" {ref:11.2f}% {e['random_median_accuracy']:9.2f}%")
+        lines.append("uniform: " + ", ".join(f"{o} {u['measured_ms']:.3f} ms {u['accuracy']:.2f}%"
+                                            for o, u in r["uniform"].items()))
+    return "\n".join(lines)
+
+
+def _plot(result, path):
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    models = list(result["models"])
+    fig, axes = plt.subplots(1, len(models), figsize=(6 * len(models), 4.5), squeeze=False)
+    for ax, name in zip(axes[0], models):
+        r = result["models"][name]
+        u = sorted(r["uniform"].items(), key=lambda kv: kv[1]["measured_ms"])
+        ax.plot([v["measured_ms"] for _, v in u], [v["accuracy"] for _, v in u], "k--o", label="uniform plans")
+        for o, v in u:
+            ax.annotate(o, (v["measured_ms"], v["accuracy"]), fontsize=7)
+        for m, mk in (("random", "x"), ("measured", "o"), ("hessian", "s"), ("duals", "^"), ("budget-dual", "D")):
+            pts = [(q["measured_ms"], q["accuracy"]) for q in r["plans"] if q["method"] == m]
+            if pts:
+                ax.scatter(*zip(*pts), marker=mk, s=22, label=m, alpha=0.6 if m == "random" else 1)
+        ax.set_xlabel("measured latency, ms")
+        ax.set_ylabel("accuracy, % (MobileNetV2: agreement with fp32)")
+        ax.set_title(f"{name}, {r['target']}, batch {r['batch']}")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
