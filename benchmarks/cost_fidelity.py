@@ -52,7 +52,7 @@ def held_out_layers(table, target, folds: int, seed: int = 0) -> list[dict]:
             wl, kernel, batch = parse_kernel_key(key)
             roof = roofline(wl, family(kernel), target, batch)
             fit = fits.get(kernel)
-            pred = fit.predict(roof.compute_ms, roof.memory_ms) if fit is not None else roof.ms
+            pred = fit.predict(roof.compute_ms, roof.memory_ms, wl.out_elems(batch) / 1e6) if fit is not None else roof.ms
             rows.append({"key": key, "kernel": kernel, "batch": batch, "measured_ms": m.median_ms,
                          "predicted_ms": pred, "roofline_ms": roof.ms})
     return rows

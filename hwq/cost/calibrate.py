@@ -2,12 +2,13 @@
 
 Per kernel family, the measured time of a workload is modelled as
 
-    t = a + b * compute_ms + c * memory_ms        (a, b, c >= 0)
+    t = a + b * compute_ms + c * memory_ms + d * M        (a, b, c, d >= 0)
 
-with ``compute_ms`` and ``memory_ms`` the two roofline terms of the target file (``hwq.cost.roofline``):
-``a`` is the fixed cost of a call (the thread pool's fork and join, the epilogue's set-up), ``1/b``
-the fraction of peak the kernel reaches, ``1/c`` the fraction of bandwidth. Three numbers per
-family, fitted by non-negative least squares on *relative* errors (a 10 us layer matters as much
+with ``compute_ms`` and ``memory_ms`` the two roofline terms of the target file (``hwq.cost.roofline``,
+the compute term over the cores the kernel's row split keeps busy) and ``M`` the millions of output
+elements: ``a`` is the fixed cost of a call (the thread pool's fork and join), ``1/b`` the fraction
+of peak the kernel reaches, ``1/c`` the fraction of bandwidth, ``d`` the requantization epilogue's
+cost per output. Four numbers per family, fitted by non-negative least squares on *relative* errors (a 10 us layer matters as much
 as a 10 ms one to a ranking). The glue between kernels gets the same treatment from whole-model
 measurements: ``t_model - sum(kernels) = call + launches * per_launch + bytes * per_byte``.
 """
@@ -24,21 +25,24 @@ from hwq.cost.roofline import roofline
 from hwq.cost.table import LatencyTable, parse_kernel_key
 from hwq.target import Target
 
-MIN_SAMPLES = 3
+MIN_SAMPLES = 4
 
 
 @dataclass(frozen=True)
 class KernelFit:
-    """``t = overhead_ms + compute_scale * compute_ms + memory_scale * memory_ms`` for one kernel family."""
+    """``t = overhead_ms + compute_scale * compute_ms + memory_scale * memory_ms + epilogue_ms * M``
+    for one kernel family, ``M`` the millions of output elements (each one requantized)."""
 
     kernel: str
     overhead_ms: float
     compute_scale: float
     memory_scale: float
+    epilogue_ms: float
     samples: int
 
-    def predict(self, compute_ms: float, memory_ms: float) -> float:
-        return self.overhead_ms + self.compute_scale * compute_ms + self.memory_scale * memory_ms
+    def predict(self, compute_ms: float, memory_ms: float, mega_outputs: float) -> float:
+        return (self.overhead_ms + self.compute_scale * compute_ms + self.memory_scale * memory_ms
+                + self.epilogue_ms * mega_outputs)
 
 
 @dataclass(frozen=True)
@@ -69,14 +73,15 @@ def fit_kernels(table: LatencyTable, target: Target, keys=None) -> dict[str, Ker
             continue
         workload, kernel, batch = parse_kernel_key(key)
         est = roofline(workload, family(kernel), target, batch)
-        rows.setdefault(kernel, []).append((1.0, est.compute_ms, est.memory_ms, m.median_ms))
+        rows.setdefault(kernel, []).append((1.0, est.compute_ms, est.memory_ms, workload.out_elems(batch) / 1e6,
+                                            m.median_ms))
     fits = {}
     for kernel, r in rows.items():
         if len(r) < MIN_SAMPLES:
             continue
         a = np.asarray(r)
-        x = _relative_nnls(a[:, :3], a[:, 3])
-        fits[kernel] = KernelFit(kernel, float(x[0]), float(x[1]), float(x[2]), len(r))
+        x = _relative_nnls(a[:, :4], a[:, 4])
+        fits[kernel] = KernelFit(kernel, *(float(v) for v in x), len(r))
     return fits
 
 

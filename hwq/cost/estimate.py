@@ -64,7 +64,8 @@ class CostModel:
                             f"{self.table.describe()} (median of {m.repeats})", kernel.name)
         fit = self.fits.get(kernel.name)
         if fit is not None:
-            return Estimate(fit.predict(roof.compute_ms, roof.memory_ms), roof.ops, roof.bytes, roof.compute_ms,
+            ms = fit.predict(roof.compute_ms, roof.memory_ms, workload.out_elems(batch) / 1e6)
+            return Estimate(ms, roof.ops, roof.bytes, roof.compute_ms,
                             roof.memory_ms, "calibrated",
                             f"{kernel.name} efficiency fitted to {fit.samples} entries of {self.table.describe()}",
                             kernel.name)

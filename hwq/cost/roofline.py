@@ -70,14 +70,27 @@ def traffic(workload: Workload, kernel: KernelFamily, batch: int) -> tuple[float
     return ops, float(weight_bytes + act_bytes)
 
 
+def parallel_share(workload: Workload, kernel: KernelFamily, target: Target) -> float:
+    """The fraction of the target's cores a kernel keeps busy. hwq's CPU kernels split the output
+    rows among the cores (one parallel region per call, whatever the batch): 7 rows on 2 cores
+    leave one core idle an eighth of the time, and a dense layer (one row) runs on one core."""
+    if kernel.kind != "cpu" or kernel.name == "generic":
+        return 1.0
+    rows, units = workload.out_hw[0], target.compute.units
+    return rows / (units * -(-rows // units))
+
+
 def roofline(workload: Workload, kernel: KernelFamily, target: Target, batch: int = 1) -> Estimate:
     """The roofline estimate of ``kernel`` running ``workload`` at ``batch`` on ``target``.
 
-    Example (hand-checkable): a dense 1024 -> 1024 layer at batch 1 on a target with a 1 TOP/s
-    int8 peak and 10 GB/s does 2.1 M ops (2.1 us) and moves 1 MiB of weights (105 us): memory bound.
+    The compute term counts the cores the kernel's row split keeps busy (``parallel_share``).
+
+    Example (hand-checkable): a dense 1024 -> 1024 layer at batch 1 on a 2-core target with a
+    1 TOP/s int8 peak and 10 GB/s does 2.1 M ops (4.2 us on the one core its single row runs on)
+    and moves 1 MiB of weights (105 us): memory bound.
     """
     ops, nbytes = traffic(workload, kernel, batch)
-    compute_ms = ops / target.peak_ops_per_s("int8") * 1e3
+    compute_ms = ops / (target.peak_ops_per_s("int8") * parallel_share(workload, kernel, target)) * 1e3
     memory_ms = nbytes / (target.memory.bandwidth_gbs * 1e9) * 1e3
     return Estimate(max(compute_ms, memory_ms), ops, nbytes, compute_ms, memory_ms, "roofline",
                     f"roofline of target file {target.name!r}", kernel.name)

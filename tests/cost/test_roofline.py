@@ -5,6 +5,7 @@ import dataclasses
 import pytest
 
 from hwq.cost import Workload, roofline
+from hwq.cost.roofline import parallel_share
 from hwq.cost.options import family
 from hwq.errors import ConfigError
 from hwq.target import load_target
@@ -26,12 +27,18 @@ def test_compute_bound_conv_counts_padded_channels():
 
 
 def test_memory_bound_dense_and_packed_weights():
-    t = load_target("raspberry-pi-4b")
+    t = load_target("x86-cascadelake")              # 2 cores
     wl = Workload("dense", (4096,), 4096)
-    e8 = roofline(wl, family("arm-neon"), t, batch=1)
+    e8 = roofline(wl, family("x86-avx512-vnni"), t, batch=1)
     assert e8.bound == "memory"
     assert e8.bytes == 4096 * 4096 + 4096 + 4096
     assert e8.memory_ms == pytest.approx(e8.bytes / (t.memory.bandwidth_gbs * 1e9) * 1e3)
+    # a dense layer is one output row: hwq's row-parallel kernels run it on one core of the two
+    assert e8.compute_ms == pytest.approx(e8.ops / (t.peak_ops_per_s("int8") / 2) * 1e3)
+    pi4 = load_target("raspberry-pi-4b")             # 4 cores: one busy
+    assert roofline(wl, family("arm-neon"), pi4).compute_ms == pytest.approx(e8.ops / (pi4.peak_ops_per_s("int8") / 4) * 1e3)
+    seven = Workload("conv2d", (64, 7, 7), 64, (3, 3), padding=(1, 1))    # 7 rows on 2 cores: 7/8 busy
+    assert parallel_share(seven, family("x86-avx512-vnni"), t) == pytest.approx(7 / 8)
     # 4-bit packed weights move half the weight bytes
     e4 = roofline(wl, family("x86-avx2-s4"), load_target("x86-avx2"))
     assert e4.bytes == 4096 * 4096 / 2 + 4096 + 4096
