@@ -13,6 +13,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass, field
 
@@ -52,6 +53,11 @@ class CostModel:
                 raise ConfigError(f"table must be a LatencyTable, None or {AUTO!r}, got {table!r}")
             table, self.note = find_table(self.target)
         self.table = table
+        measured_bw = table.peaks.get("bandwidth_gbs") if table is not None else None
+        if measured_bw:
+            # the roofline of the machine the table was measured on, not of the file's reference CPU
+            self.target = dataclasses.replace(
+                self.target, memory=dataclasses.replace(self.target.memory, bandwidth_gbs=float(measured_bw)))
         self.fits = fit_kernels(table, self.target) if table is not None else {}
         self.glue_fit = fit_glue(table) if table is not None else None
 

@@ -101,3 +101,13 @@ def test_plan_estimate(rescnn_graph):
         estimate_plan(rescnn_graph, BitPlan(layers={"block9": LayerSpec(4, 8)}), AVX2, table=None)
     with pytest.raises(ConfigError, match="LatencyTable, None or 'auto'"):
         CostModel(AVX2, table="measured")
+
+
+def test_measured_bandwidth_replaces_the_files(tmp_path):
+    table = _table(path=tmp_path / "t.json")
+    assert CostModel(AVX2, table).target.memory.bandwidth_gbs == load_target(AVX2).memory.bandwidth_gbs
+    table.peaks["bandwidth_gbs"] = 33.0
+    model = CostModel(AVX2, table)
+    assert model.target.memory.bandwidth_gbs == 33.0
+    roof = model.estimate(SHAPES[0], Option(7, 8), batch=1)       # nothing measured for vpmaddubsw
+    assert roof.memory_ms == pytest.approx(roof.bytes / 33e9 * 1e3)
