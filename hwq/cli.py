@@ -3,22 +3,15 @@
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
-import tempfile
-from pathlib import Path
 
 from hwq.errors import HwqError
 
 
 def _write_json(path: str, data: dict) -> None:
-    """Write JSON atomically: a temporary file renamed into place."""
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile("w", dir=p.parent, suffix=".tmp", delete=False) as f:
-        json.dump(data, f, indent=2)
-    os.replace(f.name, p)
+    from hwq.fileio import atomic_write_json
+
+    atomic_write_json(path, data, indent=2)
 
 
 def _cmd_targets(args) -> int:
@@ -86,6 +79,7 @@ def _cmd_train(args) -> int:
                             range_mode=args.ranges, train_subset=args.train_subset, test_subset=args.test_subset,
                             width=args.width,
                             float_epochs=args.float_epochs, float_subset=args.float_subset, out_dir=args.out, resume=args.resume,
+                            checkpoint_steps=args.checkpoint_steps,
                             artifact=args.artifact, target=args.target, data_dir=args.data_dir,
                             progress=not args.no_progress)
     run_train(config)
@@ -127,14 +121,9 @@ def _cmd_cost(args) -> int:
 
 
 def _read_plan(path: str):
-    from hwq.errors import ConfigError
     from hwq.plan import BitPlan
 
-    try:
-        text = Path(path).read_text()
-    except OSError as e:
-        raise ConfigError(f"cannot read plan file {path!r}: {e.strerror}") from None
-    return BitPlan.from_json(text)
+    return BitPlan.load(path)
 
 
 def _allocate_config(args):
@@ -209,7 +198,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--float-epochs", type=int, default=3, help="epochs of the cached float model (default 3, the demo's)")
     r.add_argument("--float-subset", type=int, default=0, help="images of the float model's training (0 = all, the demo's)")
     r.add_argument("--out", default="hwq-out/train", help="output directory (default hwq-out/train)")
-    r.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    r.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt (written every epoch "
+                   "and every --checkpoint-steps steps): the result equals an uninterrupted run's")
+    r.add_argument("--checkpoint-steps", type=int, default=50, help="steps between checkpoints within an epoch "
+                   "(default 50; 0 = at epoch ends only)")
     r.add_argument("--artifact", action="store_true", help="also compile for --target and save the artifact")
     r.add_argument("--target", default="x86-host")
     r.add_argument("--data-dir", default=None, help="directory with the Fashion-MNIST idx .gz files")

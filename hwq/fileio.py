@@ -5,8 +5,10 @@ Plain Python (no torch, no tvm): the pure layers (``hwq.cost``, ``hwq.alloc.solv
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -42,6 +44,37 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+@contextlib.contextmanager
+def atomic_directory(path):
+    """Fill a temporary sibling directory in the ``with`` block, then rename it onto ``path``
+    (replacing a directory already there): a reader sees the old directory or the new one, and an
+    exception or a kill inside the block leaves ``path`` as it was.
+
+    Example::
+
+        >>> with atomic_directory("out/model") as tmp:
+        ...     (tmp / "manifest.json").write_text("{}")
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        os.chmod(tmp, 0o777 & ~_umask())     # mkdtemp makes 0700
+        yield tmp
+        old = None
+        if path.exists():
+            # two renames: a directory cannot replace a non-empty one in one step
+            old = path.with_name(f".{path.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.rename(path, old)
+        os.rename(tmp, path)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def atomic_write_text(path, text: str) -> Path:

@@ -19,6 +19,7 @@ import torch
 from torch.utils.data import TensorDataset
 
 from hwq.errors import ConfigError, TargetError, choices
+from hwq.fileio import atomic_write_json
 from hwq.plan import BitPlan, LayerSpec
 from hwq.qat.config import QATConfig
 from hwq.spec import RANGE_MODES
@@ -46,6 +47,7 @@ class TrainJobConfig:
     float_subset: int = 0
     out_dir: str = "hwq-out/train"
     resume: bool = False
+    checkpoint_steps: int = 50
     artifact: bool = False
     target: str = "x86-host"
     data_dir: str | None = None
@@ -58,16 +60,15 @@ class TrainJobConfig:
         for name in ("train_subset", "test_subset", "float_subset"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0 (0 = all), got {getattr(self, name)!r}")
+        if self.checkpoint_steps < 0:
+            raise ConfigError(f"checkpoint_steps must be >= 0 (0 = at epoch ends only), got {self.checkpoint_steps!r}")
         if self.calibration_images < 1 or self.width < 1 or self.float_epochs < 1:
             raise ConfigError(f"calibration_images, width and float_epochs must be >= 1, got "
                               f"{self.calibration_images!r}, {self.width!r}, {self.float_epochs!r}")
 
     def bit_plan(self) -> BitPlan:
         if self.plan is not None:
-            try:
-                return BitPlan.from_json(Path(self.plan).read_text())
-            except OSError as e:
-                raise ConfigError(f"cannot read the bit plan {self.plan!r}: {e}") from None
+            return BitPlan.load(self.plan)
         return BitPlan(default=LayerSpec(self.weight_bits, self.act_bits))
 
 
@@ -102,7 +103,8 @@ def run_train(config: TrainJobConfig = TrainJobConfig(), log=print) -> dict | No
     log(f"constrained QAT ({config.qat.gradient_mode} gradients) on {len(sub)} images, plan "
         f"W{plan.default.weight_bits}A{plan.default.act_bits}{' + per-layer overrides' if plan.layers else ''}")
     report = train_constrained(prepared, data, config.qat, eval_data=TensorDataset(x_test, y_test),
-                               checkpoint=out / "checkpoint.pt", resume=config.resume, progress=config.progress, log=log)
+                               checkpoint=out / "checkpoint.pt", resume=config.resume, progress=config.progress, log=log,
+                               checkpoint_steps=config.checkpoint_steps)
     if not is_main_process():
         return None
     report.save(out / "sensitivity.json")
@@ -132,7 +134,7 @@ def run_train(config: TrainJobConfig = TrainJobConfig(), log=print) -> dict | No
                 f"{summary['tvm_equals_reference_outputs']}, predictions equal: {summary['tvm_equals_reference_predictions']}")
         summary["artifact"] = str(compiled.save(out / f"artifact-{config.target}"))
         log(f"wrote {summary['artifact']}")
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    atomic_write_json(out / "summary.json", summary, indent=2)
     return summary
 
 

@@ -14,15 +14,13 @@ from __future__ import annotations
 import datetime
 import hashlib
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import tvm
 
 import hwq
 from hwq.errors import ArtifactError
+from hwq.fileio import atomic_directory
 
 FORMAT, FORMAT_VERSION = "hwq-artifact", 2   # 2: the build CPU is recorded
 LIBRARY, MANIFEST = "model.so", "manifest.json"
@@ -41,9 +39,7 @@ def save_artifact(executable, path, target, graph_json: str, cpu: dict, fcompile
 
     ``cpu`` is ``hwq.lower.cpu_check.build_cpu`` of the (host) LLVM target it was compiled for."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-    try:
+    with atomic_directory(path) as tmp:
         lib = tmp / LIBRARY
         if fcompile is None:
             executable.export_library(str(lib))
@@ -60,17 +56,6 @@ def save_artifact(executable, path, target, graph_json: str, cpu: dict, fcompile
             "graph": json.loads(graph_json),
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
-        old = None
-        if path.exists():
-            old = path.with_name(f".{path.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.rename(path, old)
-        os.rename(tmp, path)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return path
 
 

@@ -23,7 +23,8 @@ def tune_model(graph: qg.QGraph, target: Target | str = "x86-host", time_budget_
     Each workload's candidate tiles are compiled and timed at batch 16 on this machine, within
     ``time_budget_s`` per workload; the fastest is added to the user's tile file,
     ``$HWQ_CACHE/tuned/<target>.json`` (``hwq.lower.kernels.tuning.user_dir``), which compiles
-    layer over the shipped tiles.
+    layer over the shipped tiles. The file is rewritten (atomically) after each workload, so an
+    interrupted tune resumes where it stopped: tuned workloads are skipped.
     """
     if isinstance(target, str):
         target = load_target(target)
@@ -61,7 +62,7 @@ def tune_model(graph: qg.QGraph, target: Target | str = "x86-host", time_budget_
         tile, ms, trials = tuning.tune_workload(build, k.candidates, make_args, time_budget_s)
         if tile is not None:
             mine[key] = changed[key] = {**vars(tile), "ms_batch16": round(ms, 4), "trials": len(trials)}
-    if changed:
-        tuning.save_configs(target.name, mine)
+            # after every workload: a killed tune keeps what it found and resumes after it
+            tuning.save_configs(target.name, mine)
     return changed
 

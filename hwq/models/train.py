@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 import time
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -16,6 +13,8 @@ from torch import nn
 
 from hwq.data import FashionMNIST
 from hwq.errors import ConfigError
+from hwq.fileio import cache_dir
+from hwq.models.checkpoint import load_checkpoint, save_checkpoint
 
 
 @dataclass(frozen=True)
@@ -87,11 +86,6 @@ def evaluate(model: nn.Module, data: FashionMNIST, batch_size: int = 500) -> flo
     return 100.0 * correct / len(data)
 
 
-def cache_dir() -> Path:
-    """Where trained checkpoints are cached: ``$HWQ_CACHE`` or ``~/.cache/hwq``."""
-    return Path(os.environ.get("HWQ_CACHE", Path.home() / ".cache" / "hwq"))
-
-
 def load_or_train(model: nn.Module, data: FashionMNIST, config: TrainConfig = TrainConfig(),
                   log=print) -> tuple[nn.Module, bool]:
     """Load the cached checkpoint for (architecture, config), or train and cache it.
@@ -104,12 +98,8 @@ def load_or_train(model: nn.Module, data: FashionMNIST, config: TrainConfig = Tr
                          .encode()).hexdigest()[:16]
     path = cache_dir() / f"{type(model).__name__.lower()}-{key}.pt"
     if path.is_file():
-        model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        model.load_state_dict(load_checkpoint(path, "cached float checkpoint"))
         return model.eval(), True
     train_float(model, data, config, log=log)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # write to a temporary file and rename: an interrupted run never leaves a half-written checkpoint
-    with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".tmp", delete=False) as f:
-        torch.save(model.state_dict(), f)
-    os.replace(f.name, path)
+    save_checkpoint(model.state_dict(), path)
     return model, False

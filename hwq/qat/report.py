@@ -11,12 +11,11 @@ in loss per millisecond: the price, in task loss, of one millisecond of latency 
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from hwq.errors import ConfigError
+from hwq.fileio import atomic_write_text
 
 
 @dataclass(frozen=True)
@@ -90,12 +89,7 @@ class SensitivityReport:
 
     def save(self, path) -> Path:
         """Write the JSON atomically (a temporary file renamed into place)."""
-        p = Path(path)
-        p.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile("w", dir=p.parent, suffix=".tmp", delete=False) as f:
-            f.write(self.to_json())
-        os.replace(f.name, p)
-        return p
+        return atomic_write_text(path, self.to_json())
 
     def table(self) -> str:
         """The report as a plain-text table, largest λ first."""

@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from pathlib import Path
 
 import torch
@@ -24,6 +23,7 @@ from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
 from tqdm import tqdm
 
 from hwq.errors import ConfigError
+from hwq.models.checkpoint import load_checkpoint, save_checkpoint
 from hwq.qat.config import QATConfig
 from hwq.qat.constraints import Lagrangian, dual_step
 from hwq.qat.report import LayerSensitivity, SensitivityReport
@@ -31,7 +31,7 @@ from hwq.qat.report import LayerSensitivity, SensitivityReport
 
 def train_constrained(prepared: torch.nn.Module, data, config: QATConfig = QATConfig(), *, eval_data=None,
                       checkpoint: str | os.PathLike | None = None, resume: bool = False, progress: bool = True,
-                      log=print) -> SensitivityReport:
+                      log=print, checkpoint_steps: int = 50) -> SensitivityReport:
     """Train a model from ``quantize_(..., step="prepare")`` under per-layer quantization constraints.
 
     Args:
@@ -39,17 +39,26 @@ def train_constrained(prepared: torch.nn.Module, data, config: QATConfig = QATCo
         data: a map-style dataset of ``(input, label)`` pairs (e.g. ``TensorDataset``).
         config: the problem (ε, output constraint) and the schedule.
         eval_data: optional dataset; the report then holds the quantized model's accuracy on it.
-        checkpoint: file written at the end of every epoch (rank 0 only).
-        resume: continue from ``checkpoint`` if it exists (same config required).
+        checkpoint: file written (atomically) at the end of every epoch and every
+            ``checkpoint_steps`` steps within one (rank 0 only).
+        resume: continue from ``checkpoint`` if it exists (same config required): from the step
+            it was written after, with the same batches, so the result equals an uninterrupted run.
         progress: tqdm bars (rank 0) with loss, accuracy, the worst slack and the sum of the λ.
         log: where the per-epoch summary lines go.
+        checkpoint_steps: steps between checkpoints within an epoch; 0 = at epoch ends only.
+            Under ``torchrun`` only at epoch ends: mid-epoch, each process holds its own running
+            activation ranges and partial sums, which one process's checkpoint cannot restore.
 
     Returns:
         The ``SensitivityReport``: per layer λ, mean slack over the last epoch, ε and bits.
     """
     world, rank, created = _init_distributed()
     try:
-        return _Trainer(prepared, data, config, world, rank).run(
+        if checkpoint_steps < 0:
+            raise ConfigError(f"checkpoint_steps must be >= 0 (0 = at epoch ends only), got {checkpoint_steps!r}")
+        trainer = _Trainer(prepared, data, config, world, rank)
+        trainer.checkpoint_steps = checkpoint_steps if world == 1 else 0
+        return trainer.run(
             eval_data, checkpoint, resume, progress and rank == 0, log if rank == 0 else (lambda s: None))
     finally:
         if created:
@@ -114,6 +123,8 @@ class _Trainer:
         cosine = lambda step: 0.5 * (1 + math.cos(math.pi * min(step, total) / total))  # noqa: E731
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, cosine if config.lr_schedule == "cosine" else (lambda s: 1.0))
         self.epoch, self.history = 0, []
+        self.step, self.checkpoint_steps = 0, 0     # steps done in the current epoch
+        self._new_epoch_sums()
         self.last_epoch_slack = torch.full_like(self.eps, float("nan"))
         self.module = self.lagrangian
         if world > 1:
@@ -125,30 +136,38 @@ class _Trainer:
     def run(self, eval_data, checkpoint, resume, progress, log) -> SensitivityReport:
         if resume and checkpoint is not None and Path(checkpoint).is_file():
             self._load(checkpoint)
-            log(f"resumed from {str(checkpoint)!r} after epoch {self.epoch}")
+            where = f"in epoch {self.epoch + 1} after step {self.step}" if self.step else f"after epoch {self.epoch}"
+            log(f"resumed from {str(checkpoint)!r} {where}")
         for epoch in range(self.epoch, self.config.epochs):
-            self._train_epoch(epoch, progress, log)
-            self.epoch = epoch + 1
+            self._train_epoch(epoch, progress, log, checkpoint)
+            self.epoch, self.step = epoch + 1, 0
             if checkpoint is not None and self.rank == 0:
                 self._save(checkpoint)
         accuracy = evaluate_quantized(self.model, eval_data) if eval_data is not None else None
         return self._report(accuracy)
 
-    def _loader(self, epoch):
+    def _loader(self, epoch, skip: int):
+        """The epoch's batches after the first ``skip`` ones."""
         per_rank = self.config.batch_size // self.world
         if self.world > 1:
             sampler = DistributedSampler(self.data, self.world, self.rank, shuffle=True, seed=self.config.seed)
             sampler.set_epoch(epoch)
         else:   # the order depends on (seed, epoch) only, so a resumed run sees the same batches
             sampler = RandomSampler(self.data, generator=torch.Generator().manual_seed(self.config.seed + epoch))
-        return DataLoader(self.data, batch_size=per_rank, sampler=sampler)
+        # its own generator: creating the iterator then draws nothing from torch's global one
+        return DataLoader(self.data, batch_size=per_rank, sampler=list(sampler)[skip * per_rank:],
+                          generator=torch.Generator())
 
-    def _train_epoch(self, epoch, progress, log):
+    def _new_epoch_sums(self):
+        self.epoch_sum, self.epoch_n, self.epoch_totals = torch.zeros_like(self.eps), 0, [0.0, 0.0, 0.0]
+
+    def _train_epoch(self, epoch, progress, log, checkpoint):
         self.model.train()
-        epoch_sum, epoch_n = torch.zeros_like(self.eps), 0
-        loss_sum = correct = seen = 0.0
-        bar = tqdm(self._loader(epoch), desc=f"epoch {epoch + 1}/{self.config.epochs}", disable=not progress,
-                   leave=False, dynamic_ncols=True)
+        if self.step == 0:
+            self._new_epoch_sums()
+        epoch_sum, totals = self.epoch_sum, self.epoch_totals    # updated in place: a checkpoint saves them
+        bar = tqdm(self._loader(epoch, self.step), desc=f"epoch {epoch + 1}/{self.config.epochs}", disable=not progress,
+                   leave=False, dynamic_ncols=True, initial=self.step, total=self.steps_per_epoch)
         for x, y in bar:
             loss, g, out_q = self.module(x, y)
             slack = g.detach().double() - self.eps
@@ -160,14 +179,18 @@ class _Trainer:
             self.period_sum += slack
             self.period_n += 1
             epoch_sum += slack
-            epoch_n += 1
+            self.epoch_n += 1
             if self.config.dual_period != "epoch" and self.period_n == self.config.dual_period:
                 self._dual_update()
-            loss_sum += loss.item() * len(y)
-            correct += float((out_q.argmax(1) == y).sum())
-            seen += len(y)
-            bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{100 * correct / seen:.2f}",
-                            max_slack=f"{float((epoch_sum / epoch_n).max()):.4f}", sum_lambda=f"{float(self.lam.sum()):.4g}")
+            totals[0] += loss.item() * len(y)
+            totals[1] += float((out_q.argmax(1) == y).sum())
+            totals[2] += len(y)
+            self.step += 1
+            bar.set_postfix(loss=f"{totals[0] / totals[2]:.4f}", acc=f"{100 * totals[1] / totals[2]:.2f}",
+                            max_slack=f"{float((epoch_sum / self.epoch_n).max()):.4f}", sum_lambda=f"{float(self.lam.sum()):.4g}")
+            if (checkpoint is not None and self.rank == 0 and self.checkpoint_steps
+                    and self.step % self.checkpoint_steps == 0 and self.step < self.steps_per_epoch):
+                self._save(checkpoint)
         if self.config.dual_period == "epoch" and self.period_n:
             self._dual_update()
         if self.world > 1:
@@ -175,8 +198,8 @@ class _Trainer:
             # of each forward; after the last one each process moved its own copy: rank 0's wins again
             for b in self.model.buffers():
                 dist.broadcast(b, src=0)
-        totals = _all_sum(torch.tensor([loss_sum, correct, seen], dtype=torch.float64), self.world)
-        self.last_epoch_slack = _all_sum(epoch_sum, self.world) / _all_sum(torch.tensor(float(epoch_n)), self.world)
+        totals = _all_sum(torch.tensor(totals, dtype=torch.float64), self.world)
+        self.last_epoch_slack = _all_sum(epoch_sum, self.world) / _all_sum(torch.tensor(float(self.epoch_n)), self.world)
         row = {"epoch": epoch + 1, "loss": float(totals[0] / totals[2]), "train_accuracy": float(100 * totals[1] / totals[2]),
                "max_slack": float(self.last_epoch_slack.max()), "sum_lambda": float(self.lam.sum())}
         self.history.append(row)
@@ -193,18 +216,16 @@ class _Trainer:
     def _state(self):
         return {"model": self.model.state_dict(), "optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
                 "lam": self.lam, "period_sum": self.period_sum, "period_n": self.period_n, "epoch": self.epoch,
-                "history": self.history, "last_epoch_slack": self.last_epoch_slack, "config": self.config.to_json()}
+                "history": self.history, "last_epoch_slack": self.last_epoch_slack, "config": self.config.to_json(),
+                # mid-epoch: where in the epoch, its partial sums, and torch's RNG
+                "step": self.step, "epoch_sum": self.epoch_sum, "epoch_n": self.epoch_n,
+                "epoch_totals": torch.tensor(self.epoch_totals, dtype=torch.float64), "rng": torch.get_rng_state()}
 
     def _save(self, path):
-        p = Path(path)
-        p.parent.mkdir(parents=True, exist_ok=True)
-        # a temporary file renamed into place: an interrupted run never leaves a half-written checkpoint
-        with tempfile.NamedTemporaryFile(dir=p.parent, suffix=".tmp", delete=False) as f:
-            torch.save(self._state(), f)
-        os.replace(f.name, p)
+        save_checkpoint(self._state(), path)
 
     def _load(self, path):
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = load_checkpoint(path, "QAT checkpoint")
         if QATConfig.from_json(state["config"]) != self.config:
             raise ConfigError(f"checkpoint {str(path)!r} was written with another QATConfig; resume needs the same "
                               f"config (its config: {state['config']})")
@@ -213,6 +234,10 @@ class _Trainer:
         self.sched.load_state_dict(state["scheduler"])
         self.lam, self.period_sum, self.period_n = state["lam"], state["period_sum"], state["period_n"]
         self.epoch, self.history, self.last_epoch_slack = state["epoch"], state["history"], state["last_epoch_slack"]
+        if "step" in state:      # checkpoints before mid-epoch saving hold epoch ends only
+            self.step, self.epoch_sum, self.epoch_n = state["step"], state["epoch_sum"], state["epoch_n"]
+            self.epoch_totals = state["epoch_totals"].tolist()
+            torch.set_rng_state(state["rng"])
 
     def _report(self, accuracy) -> SensitivityReport:
         rows = []

@@ -28,10 +28,10 @@ def test_resume_after_an_interruption_reproduces_the_uninterrupted_run(tmp_path,
     interrupted, x, y = _fresh()
     real_epoch = train_module._Trainer._train_epoch
 
-    def crash_in_second_epoch(self, epoch, progress, log):
+    def crash_in_second_epoch(self, epoch, *args):
         if epoch == 1:
             raise KeyboardInterrupt
-        return real_epoch(self, epoch, progress, log)
+        return real_epoch(self, epoch, *args)
 
     monkeypatch.setattr(train_module._Trainer, "_train_epoch", crash_in_second_epoch)
     ckpt = tmp_path / "qat.pt"

@@ -11,7 +11,6 @@ stays correct. (Maintainers refresh the shipped tiles with ``HWQ_TUNED_DIR=hwq/l
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from dataclasses import asdict
@@ -19,7 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from hwq.fileio import atomic_write_json, cache_dir
+from hwq.errors import DataError
+from hwq.fileio import atomic_write_json, cache_dir, read_json
 
 SHIPPED_DIR = Path(__file__).resolve().parent / "tuned"
 ENV_DIR = "HWQ_TUNED_DIR"     # the user's tuned tiles: $HWQ_TUNED_DIR, else $HWQ_CACHE/tuned
@@ -53,9 +53,12 @@ def _read(path: Path) -> dict:
         return hit[1]
     configs = {}
     if stamp is not None:
-        data = json.loads(path.read_text())
+        data = read_json(path, "tuned tile file")
         if data.get("version") == FORMAT_VERSION:
             configs = data.get("workloads", {})
+            if not isinstance(configs, dict):
+                raise DataError(f"tuned tile file {str(path)!r}: 'workloads' must be an object, got "
+                                f"{type(configs).__name__}; delete the file and run 'hwq tune' again")
     _CACHE[path] = (stamp, configs)
     return configs
 
