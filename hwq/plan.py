@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import difflib
 import json
 from dataclasses import dataclass, field
+from pathlib import Path
 
-from hwq.errors import ConfigError
+from hwq.errors import ConfigError, choices
 from hwq.spec import QuantSpec
 
 
@@ -61,11 +63,13 @@ class BitPlan:
 
     def check_names(self, valid_names) -> None:
         """Raise if the plan names a layer the model lacks (a typo would otherwise be ignored)."""
-        valid = set(valid_names)
-        unknown = sorted(set(self.layers) - valid)
+        valid = sorted(set(valid_names))
+        unknown = sorted(set(self.layers) - set(valid))
         if unknown:
-            raise ConfigError(f"BitPlan names layers {unknown} that the model does not have; "
-                              f"quantizable layers: {sorted(valid)}")
+            hints = [f"{name!r} (did you mean {close[0]!r}?)" if close else repr(name)
+                     for name in unknown for close in [difflib.get_close_matches(name, valid, n=1)]]
+            raise ConfigError(f"BitPlan names layers the model does not have: {', '.join(hints)}; "
+                              f"quantizable layers: {choices(valid)}")
 
     def to_json(self) -> str:
         return json.dumps({"version": self.version, "default": vars(self.default),
@@ -73,10 +77,54 @@ class BitPlan:
 
     @classmethod
     def from_json(cls, text: str) -> "BitPlan":
+        """Parse :meth:`to_json`'s document; anything else (corrupt, truncated, unknown or
+        mistyped fields) is a ``ConfigError`` naming the field and the valid ones."""
         try:
             d = json.loads(text)
-            return cls(default=LayerSpec(**d.get("default", {})),
-                       layers={k: LayerSpec(**v) for k, v in d.get("layers", {}).items()},
-                       version=d.get("version", 1))
-        except (json.JSONDecodeError, TypeError, AttributeError) as e:
-            raise ConfigError(f"not a BitPlan JSON document: {e}") from None
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"not a BitPlan JSON document (corrupt or truncated: {e})") from None
+        if not isinstance(d, dict):
+            raise ConfigError(f"a BitPlan JSON document is an object with fields {choices(_PLAN_FIELDS)}, "
+                              f"got a {type(d).__name__}")
+        _check_fields(d, _PLAN_FIELDS, "the top level")
+        layers = d.get("layers", {})
+        if not isinstance(layers, dict):
+            raise ConfigError(f"BitPlan field 'layers' must map module names to "
+                              f"{{'weight_bits': .., 'act_bits': ..}}, got {layers!r}")
+        return cls(default=_layer_spec(d.get("default", {}), "default"),
+                   layers={k: _layer_spec(v, f"layers[{k!r}]") for k, v in layers.items()},
+                   version=d.get("version", 1))
+
+    @classmethod
+    def load(cls, path) -> "BitPlan":
+        """Read a plan file (:meth:`from_json`); every error names the file."""
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except OSError as e:
+            raise ConfigError(f"cannot read plan file {str(path)!r}: {e.strerror or e}") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"plan file {str(path)!r} is not text (UTF-8 JSON)") from None
+        try:
+            return cls.from_json(text)
+        except ConfigError as e:
+            raise ConfigError(f"plan file {str(path)!r}: {e}") from None
+
+
+_PLAN_FIELDS = ("version", "default", "layers")
+_SPEC_FIELDS = ("weight_bits", "act_bits")
+
+
+def _check_fields(d: dict, valid, where: str) -> None:
+    unknown = sorted(set(d) - set(valid), key=str)
+    if unknown:
+        raise ConfigError(f"unknown BitPlan field {unknown[0]!r} in {where}; valid: {choices(valid)}")
+
+
+def _layer_spec(d, where: str) -> LayerSpec:
+    if not isinstance(d, dict):
+        raise ConfigError(f"BitPlan field {where} must be an object with fields {choices(_SPEC_FIELDS)}, got {d!r}")
+    _check_fields(d, _SPEC_FIELDS, where)
+    try:
+        return LayerSpec(**d)
+    except ConfigError as e:
+        raise ConfigError(f"BitPlan field {where}: {e}") from None

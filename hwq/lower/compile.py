@@ -16,7 +16,7 @@ from hwq.lower.artifact import LIBRARY, read_manifest, save_artifact
 from hwq.lower.cpu_check import build_cpu, check_runs_on_this_cpu
 from hwq.lower.pipeline import get_pipeline
 from hwq.lower.relax_builder import build_relax_module
-from hwq.lower.tvm_target import resolve_features, to_tvm_target
+from hwq.lower.tvm_target import cross_fcompile, resolve_features, to_tvm_target
 from hwq.target import Target, load_target
 
 _HOST_ARCH = {"x86_64": "x86_64", "AMD64": "x86_64", "aarch64": "aarch64", "arm64": "aarch64"}
@@ -118,10 +118,7 @@ class CompiledModel:
 
     def save(self, path) -> Path:
         """Write the deployable artifact directory (cross-linked for the target's triple)."""
-        fcompile = None
-        if self.target.is_cross:
-            from tvm.support import cc
-            fcompile = cc.cross_compiler(self.target.cross_compiler)
+        fcompile = cross_fcompile(self.target) if self.target.is_cross else None
         llvm = to_tvm_target(self.target)
         cpu = build_cpu(llvm if self.target.kind == "cpu" else llvm.host)
         return save_artifact(self.executable, path, self.target, self.graph_json, cpu, fcompile)

@@ -19,6 +19,7 @@ import tvm
 from tvm import relax, rpc
 
 from hwq.errors import ConfigError, DeviceError
+from hwq.lower.tvm_target import cross_fcompile
 from hwq.target import Target
 
 RETRIES = 2            # after the first try
@@ -98,8 +99,7 @@ class RpcDevice(LocalDevice):
     def _upload(self, executable, target: Target, name: str):
         path = Path(self._dir.name) / f"{name}.so"
         if target.is_cross:
-            from tvm.support import cc
-            executable.export_library(str(path), fcompile=cc.cross_compiler(target.cross_compiler))
+            executable.export_library(str(path), fcompile=cross_fcompile(target))
         else:
             executable.export_library(str(path))
         self.call(lambda: self.session.upload(str(path)), f"receive {path.name}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import functools
+import shutil
 
 import tvm
 from tvm.target import codegen
@@ -89,3 +90,23 @@ def resolve_features(target: Target) -> Target:
     have = _cpu_features(triple, codegen.llvm_get_system_cpu())
     kept = tuple(f for f in target.features if _LLVM_FEATURE.get(f, f) in have)
     return target if kept == target.features else dataclasses.replace(target, features=kept)
+
+
+def cross_fcompile(target: Target):
+    """TVM's ``fcompile`` that links a library for a cross-compiled target with its
+    ``toolchain.cross_compiler``, checked on ``PATH`` first: without it TVM fails deep in
+    ``export_library`` with a message that names neither the compiler nor how to get it.
+
+    Raises:
+        TargetError: the compiler is not installed; the message names the Debian package.
+    """
+    from tvm.support import cc
+
+    compiler = target.cross_compiler
+    if shutil.which(compiler) is None:
+        triple, _, tool = compiler.rpartition("-")      # 'aarch64-linux-gnu-g++' -> ('aarch64-linux-gnu', 'g++')
+        package = f"{tool}-{triple}" if triple else compiler
+        raise TargetError(f"target {target.name!r} links with the cross compiler {compiler!r}, which is not on "
+                          f"PATH; install it (Debian/Ubuntu: 'apt-get install {package}') or set "
+                          f"toolchain.cross_compiler in the target file")
+    return cc.cross_compiler(compiler)

@@ -29,7 +29,7 @@ from hwq import qgraph as qg
 from hwq.errors import ConfigError, choices
 from hwq.plan import BitPlan
 from hwq.qat.convert import CALIBRATION_BATCH, convert
-from hwq.qat.exported import constants, export_model, user_input_name
+from hwq.qat.exported import check_calibration, constants, export_model, user_input_name
 from hwq.qat.fake_quant import ActFakeQuantize
 from hwq.qat.modules import QuantLayer
 from hwq.qat.patterns import LAYER, find_groups, fold_batch_norm, group_nodes, layer_names
@@ -113,6 +113,7 @@ def _prepare(model, plan, calibration, range_mode, batch_size):
     if not isinstance(calibration, torch.Tensor) or calibration.dim() < 2 or len(calibration) == 0:
         raise ConfigError("quantize_(..., step='prepare') needs calibration=<float tensor (N, ...)> with N >= 1, "
                           f"got {type(calibration).__name__}")
+    check_calibration(calibration)
     if range_mode not in RANGE_MODES:
         raise ConfigError(f"range_mode {range_mode!r} is not one of {choices(RANGE_MODES)}")
     example = calibration[:2] if len(calibration) >= 2 else calibration.repeat(2, *[1] * (calibration.dim() - 1))

@@ -16,7 +16,7 @@ from hwq import qgraph as qg
 from hwq.errors import ConfigError, QuantizationError, UnsupportedOpError
 from hwq.fixed_point import choose_scale, common_shift, quantize_multiplier
 from hwq.plan import BitPlan
-from hwq.qat.exported import constants, export_model, run_graph, user_input_name
+from hwq.qat.exported import check_calibration, constants, export_model, run_graph, user_input_name
 from hwq.qat.patterns import (CONV, HARDTANH, SUPPORTED_OPS, fold_batch_norm, find_groups, hardtanh_bounds,
                               layer_names, pair)
 
@@ -71,6 +71,7 @@ def quantize_ptq(model: torch.nn.Module, calibration: torch.Tensor, plan: BitPla
     """
     if batch_size < 1:
         raise ConfigError(f"calibration batch_size must be >= 1, got {batch_size!r}")
+    check_calibration(calibration)
     ep = export_model(model, calibration[:1])
     ranges = calibrate(ep, (calibration[i:i + batch_size] for i in range(0, len(calibration), batch_size)))
     return convert(ep, ranges, plan)

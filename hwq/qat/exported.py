@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import operator
+import re
 
 import torch
 from torch.export import ExportedProgram
+
+from hwq.errors import DataError, UnsupportedOpError
 
 
 def export_model(model: torch.nn.Module, example: torch.Tensor, dynamic_batch: bool = False) -> ExportedProgram:
@@ -14,11 +17,80 @@ def export_model(model: torch.nn.Module, example: torch.Tensor, dynamic_batch: b
     ``dynamic_batch`` keeps the batch dimension symbolic, so that ``ep.module()`` runs on any
     batch size (QAT trains that module); ``example`` then needs a batch of at least 2, since
     export specializes a dimension of size 1.
+
+    Raises:
+        DataError: the model has NaN or Inf weights, or cannot run on ``example`` at all (e.g. an
+            input of the wrong shape).
+        UnsupportedOpError: the model runs but ``torch.export`` cannot trace it (data-dependent
+            control flow, an untraceable op); the message names the innermost module it was in.
     """
     model.eval()
+    check_finite_weights(model)
     dynamic = ({0: torch.export.Dim.AUTO},) if dynamic_batch else None
-    with torch.no_grad():
-        return torch.export.export(model, (example,), dynamic_shapes=dynamic)
+    stack: list = []
+    hooks = _track_modules(model, stack)
+    try:
+        with torch.no_grad():
+            return torch.export.export(model, (example,), dynamic_shapes=dynamic)
+    except Exception as e:  # noqa: BLE001 (torch.export raises many unrelated types; each is classified below)
+        where = stack[-1] if stack else ""
+        stack.clear()
+        try:
+            with torch.no_grad():
+                model(example)
+        except Exception as eager:  # noqa: BLE001 (the model itself fails: the input is wrong, not the export)
+            raise DataError(f"the model cannot run on an input of shape {tuple(example.shape)} and dtype "
+                            f"{example.dtype} (in module {stack[-1] if stack else ''!r}): {_first_line(eager)}") from None
+        code = re.findall(r"# File: .*?(\w+\.py:\d+) in \w+, code: (.*)", str(e))
+        at = f" at {code[-1][0]}: {code[-1][1].strip()!r}" if code else ""
+        raise UnsupportedOpError(f"torch.export cannot trace the model in module {where!r}{at}: "
+                                 f"{type(e).__name__}: {_first_line(e)}; hwq lowers models that torch.export "
+                                 f"captures as one graph (no data-dependent control flow)") from None
+    finally:
+        for h in hooks:
+            h.remove()
+
+
+def check_finite_weights(model: torch.nn.Module) -> None:
+    """Raise ``DataError`` naming every parameter or buffer of ``model`` holding NaN or Inf."""
+    bad = [name for name, t in (*model.named_parameters(), *model.named_buffers())
+           if t.is_floating_point() and not bool(torch.isfinite(t).all())]
+    if bad:
+        raise DataError(f"the model's weights hold NaN or Inf in {bad[:8]!r}{' ...' if len(bad) > 8 else ''}; "
+                        f"quantization needs finite weights (was training diverged?)")
+
+
+def check_calibration(calibration: torch.Tensor) -> None:
+    """Raise ``DataError`` unless ``calibration`` is a finite float tensor (N, ...) with N >= 1."""
+    if not isinstance(calibration, torch.Tensor) or calibration.dim() < 2 or len(calibration) == 0:
+        raise DataError(f"calibration data must be a float tensor (N, ...) with N >= 1, got "
+                        f"{type(calibration).__name__}{tuple(getattr(calibration, 'shape', ()))}")
+    if not calibration.is_floating_point():
+        raise DataError(f"calibration data must be float (the model's input), got dtype {calibration.dtype}; "
+                        f"convert it as the model expects (e.g. uint8 images: x.float() / 255)")
+    finite = torch.isfinite(calibration)
+    if not bool(finite.all()):
+        first = tuple(int(i) for i in (~finite).nonzero()[0])
+        raise DataError(f"calibration data holds {int((~finite).sum())} NaN or Inf values (the first at "
+                        f"index {first}); ranges computed from them would be meaningless")
+
+
+def _track_modules(model: torch.nn.Module, stack: list) -> list:
+    """Hooks keeping ``stack`` at the qualified names of the modules being run (innermost last), so
+    an export failure can say in which module it happened."""
+    def leave(module, args, out):      # returns None: a forward hook's return value replaces the output
+        stack.pop()
+
+    hooks = []
+    for name, module in model.named_modules():
+        hooks.append(module.register_forward_pre_hook(lambda m, a, name=name: stack.append(name) and None))
+        hooks.append(module.register_forward_hook(leave))
+    return hooks
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
 
 
 def constants(ep: ExportedProgram) -> dict:
@@ -36,7 +108,6 @@ def constants(ep: ExportedProgram) -> dict:
 def user_input_name(ep: ExportedProgram) -> str:
     names = ep.graph_signature.user_inputs
     if len(names) != 1:
-        from hwq.errors import UnsupportedOpError
         raise UnsupportedOpError(f"hwq lowers models with exactly one tensor input, this one has {list(names)!r}")
     return names[0]
 

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from hwq import qgraph as qg
-from hwq.errors import ConfigError
+from hwq.errors import ConfigError, DataError
 
 _EXACT_LIMIT = 2 ** 53
 
@@ -83,6 +83,9 @@ def run_reference(graph: qg.QGraph, x_int: torch.Tensor) -> torch.Tensor:
     """
     if x_int.is_floating_point():
         raise ConfigError("run_reference takes the integer input; call quantize_input(graph, x) first")
+    if x_int.dim() != 1 + len(graph.input.shape) or tuple(x_int.shape[1:]) != tuple(graph.input.shape):
+        raise DataError(f"integer input has shape {tuple(x_int.shape)}; this graph takes "
+                        f"(N, {', '.join(map(str, graph.input.shape))})")
     env = {graph.input.name: x_int.to(torch.int64)}
     for node in graph.nodes:
         if node.op == "conv2d":
