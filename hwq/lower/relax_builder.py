@@ -151,7 +151,7 @@ class _Emitter:
         return self.graph.tensors[name].dtype
 
     def body(self, x):
-        if self.layout == "NHWC":
+        if self.layout == "NHWC" and len(self.graph.input.shape) == 3:    # an (N, features) input has no layout
             x = self.emit(relax.op.permute_dims(x, [0, 2, 3, 1]))
         env = self.env
         env[self.graph.input.name] = x
