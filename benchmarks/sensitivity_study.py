@@ -20,7 +20,7 @@ one is flattered by every method ranking an option's fewer bits above its more b
 over layers scored by their worst option, and over layers at each option (the ranking the
 allocator really needs: which layers to spend bits on).
 
-    .venv/bin/python benchmarks/sensitivity_study.py     # ~25 min on 2 busy cores; results/sensitivity.json
+    .venv/bin/python benchmarks/sensitivity_study.py     # 10-20 min on 2 shared cores; results/sensitivity.json
 """
 
 from __future__ import annotations
@@ -145,7 +145,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--models", default="rescnn,resnet20", help=f"comma-separated, of {', '.join(MODELS)}")
     p.add_argument("--images", type=int, default=1000, help="held-out test images for every estimate")
-    p.add_argument("--samples", type=int, default=16, help="Hutchinson samples (one batch each)")
+    p.add_argument("--samples", type=int, default=64, help="Hutchinson samples (one batch each)")
     p.add_argument("--hessian-batch", type=int, default=128)
     p.add_argument("--qat-images", type=int, default=5000, help="training images of the constrained QAT run")
     p.add_argument("--out", default=str(RESULTS / "sensitivity.json"))
