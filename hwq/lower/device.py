@@ -112,10 +112,13 @@ class RpcDevice(LocalDevice):
         return relax.VirtualMachine(self._upload(executable, target, name), self.dev)
 
 
+WARMUP_MS = 300
+
+
 def time_function(device: LocalDevice, module, name: str, args, repeats: int = 7, min_repeat_ms: float = 20.0):
     """``(median, q1, q3)`` ms of ``module[name](*args)`` on ``device`` over ``repeats`` repeats."""
-    f = module.time_evaluator(name, device.dev, number=1, repeat=repeats, min_repeat_ms=int(min_repeat_ms))
-    return _quartiles(_warm(device, f, args, f"run {name}"))
+    return _timed(device, lambda **kw: module.time_evaluator(name, device.dev, **kw), args, repeats, min_repeat_ms,
+                  f"run {name}")
 
 
 def time_vm(device: LocalDevice, vm: relax.VirtualMachine, x: np.ndarray, repeats: int = 7,
@@ -123,12 +126,15 @@ def time_vm(device: LocalDevice, vm: relax.VirtualMachine, x: np.ndarray, repeat
     """``(median, q1, q3)`` ms of the VM's ``main`` on input ``x``: ``set_input`` + ``invoke_stateful``
     under ``time_evaluator``, the form that also works over RPC (calling ``vm["main"]`` there does not)."""
     vm.set_input("main", device.tensor(x))
-    f = vm.time_evaluator("invoke_stateful", device.dev, number=1, repeat=repeats, min_repeat_ms=int(min_repeat_ms))
-    return _quartiles(_warm(device, f, ("main",), "run the model"))
+    return _timed(device, lambda **kw: vm.time_evaluator("invoke_stateful", device.dev, **kw), ("main",), repeats,
+                  min_repeat_ms, "run the model")
 
 
-def _warm(device, f, args, what: str):
-    """The repeats of ``f(*args)`` after one untimed round: the first pays for page faults, the
-    thread pool's start and cold caches, which no later call does."""
-    device.call(lambda: f(*args), what)
-    return device.call(lambda: f(*args).results, what)
+def _timed(device, evaluator, args, repeats: int, min_repeat_ms: float, what: str):
+    """The repeats of ``evaluator(...)(*args)`` after ``WARMUP_MS`` of untimed calls: the first calls
+    pay for page faults, the thread pool's start, cold caches and the cores' clock ramping up
+    (measured here: the first 20 ms ran 1.6x slower than the rest)."""
+    warm = evaluator(number=1, repeat=1, min_repeat_ms=WARMUP_MS)
+    device.call(lambda: warm(*args), what)
+    f = evaluator(number=1, repeat=repeats, min_repeat_ms=int(min_repeat_ms))
+    return _quartiles(device.call(lambda: f(*args).results, what))
