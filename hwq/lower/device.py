@@ -90,7 +90,7 @@ class RpcDevice(LocalDevice):
         for attempt in range(RETRIES + 1):
             try:
                 return fn()
-            except (tvm.error.TVMError, OSError, RuntimeError, TimeoutError) as e:
+            except (OSError, RuntimeError, TimeoutError) as e:   # TVM raises RuntimeError subclasses
                 last = e
                 time.sleep(0.5 * (attempt + 1))
         raise DeviceError(f"{self.describe()} failed to {what} after {RETRIES + 1} tries: "
