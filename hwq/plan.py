@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,6 +24,19 @@ class LayerSpec:
             v = getattr(self, name)
             if not isinstance(v, int) or not 2 <= v <= 8:
                 raise ConfigError(f"LayerSpec.{name} must be an int in 2..8, got {v!r}")
+
+    @property
+    def name(self) -> str:
+        """The option name, ``"w{weight_bits}a{act_bits}"`` (``LayerSpec(4, 8).name == "w4a8"``)."""
+        return f"w{self.weight_bits}a{self.act_bits}"
+
+    @classmethod
+    def parse(cls, name: str) -> "LayerSpec":
+        """``"w4a8"`` -> ``LayerSpec(4, 8)``; anything else is a ``ConfigError``."""
+        m = re.fullmatch(r"w([0-9]+)a([0-9]+)", name) if isinstance(name, str) else None
+        if m is None:
+            raise ConfigError(f"option name {name!r} is not of the form 'w<weight bits>a<act bits>', e.g. 'w4a8'")
+        return cls(int(m.group(1)), int(m.group(2)))
 
     def weight_spec(self) -> QuantSpec:
         return QuantSpec(self.weight_bits, signed=True, granularity="per_channel")

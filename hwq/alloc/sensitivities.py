@@ -15,7 +15,6 @@ from __future__ import annotations
 import difflib
 import json
 import math
-import re
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -26,20 +25,16 @@ from hwq.plan import LayerSpec
 
 METHODS = ("duals", "hessian", "measured")
 AGREEMENTS = ("pairs", "layers")
-_OPTION = re.compile(r"w([0-9]+)a([0-9]+)")
 
 
 def option_name(spec: LayerSpec) -> str:
     """``LayerSpec(4, 8)`` -> ``"w4a8"``."""
-    return f"w{spec.weight_bits}a{spec.act_bits}"
+    return spec.name
 
 
 def parse_option(name: str) -> LayerSpec:
     """``"w4a8"`` -> ``LayerSpec(4, 8)``; raises ConfigError for anything else."""
-    m = _OPTION.fullmatch(name) if isinstance(name, str) else None
-    if m is None:
-        raise ConfigError(f"option name {name!r} is not of the form 'w<weight bits>a<act bits>', e.g. 'w4a8'")
-    return LayerSpec(int(m.group(1)), int(m.group(2)))
+    return LayerSpec.parse(name)
 
 
 @dataclass(frozen=True)

@@ -132,22 +132,18 @@ class Option:
         LayerSpec(self.weight_bits, self.act_bits)   # validates the widths
 
     @property
-    def name(self) -> str:
-        return f"w{self.weight_bits}a{self.act_bits}"
-
-    @property
     def spec(self) -> LayerSpec:
         return LayerSpec(self.weight_bits, self.act_bits)
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
 
     @classmethod
     def parse(cls, name: str) -> "Option":
         """``"w4a8"`` -> ``Option(4, 8)``."""
-        import re
-
-        m = re.fullmatch(r"w(\d)a(\d)", name)
-        if m is None:
-            raise ConfigError(f"not an option name: {name!r} (valid form: 'w<bits>a<bits>', e.g. 'w8a8', 'w4a8')")
-        return cls(int(m.group(1)), int(m.group(2)))
+        spec = LayerSpec.parse(name)
+        return cls(spec.weight_bits, spec.act_bits)
 
 
 W8A8 = Option(8, 8)
