@@ -81,7 +81,8 @@ def _synthetic_layer(wl: Workload, kernel: KernelFamily, target: Target, rng):
     return k, in_info
 
 
-def _time_kernel(k, in_info, wl: Workload, target: Target, tvm_target, device, batches, repeats, rng) -> dict:
+def _time_kernel(k, in_info, wl: Workload, target: Target, tvm_target, device, batches, repeats, rng,
+                 out_dtype: str = "uint8") -> dict:
     """``{batch: (median, q1, q3)}`` of one built kernel (plus its im2col gather, if it has one)."""
     funcs = [("main", k.func)] + ([("pre", k.pre)] if k.pre is not None else [])
     mods = {}
@@ -93,7 +94,9 @@ def _time_kernel(k, in_info, wl: Workload, target: Target, tvm_target, device, b
         parts = []
         x = rng.integers(0, 128, (b, *k.in_shape)).astype(k.in_dtype)
         args = [device.tensor(x)] + [device.tensor(p) for p in k.params]
-        args.append(device.empty((b, *k.out_shape), "uint8"))
+        if k.residual is not None:      # the fused add's other input
+            args.append(device.tensor(rng.integers(0, 64, (b, *k.out_shape)).astype(k.residual.dtype)))
+        args.append(device.empty((b, *k.out_shape), k.residual.out_dtype if k.residual is not None else out_dtype))
         parts.append(time_function(device, mods["main"], "main", args, repeats))
         if "pre" in mods:
             c, h, w = in_info.shape
