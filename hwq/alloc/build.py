@@ -6,7 +6,8 @@ answer the kernel rules act on). A layer's latency depends on its own option *an
 producer's (the input width decides the kernel on AVX2), so the layer's cost is not a group
 latency but an ``Interaction`` table over (producer option, consumer option); a layer fed by a
 non-layer (the model input, an add, a pool) reads the plan's default width and has a plain group
-latency. The glue between kernels is the base latency every plan pays. ``plan_latency`` of a
+latency. The glue between kernels is the base latency every plan pays (a kernel's extra cost inside
+a model, the glue fit's cold-cache term, goes with the kernel: ``CostModel.in_model_ms``). ``plan_latency`` of a
 choice therefore equals ``CostModel.plan(...).total_ms`` of the plan it stands for (a test holds
 the two together).
 """
@@ -130,7 +131,7 @@ def build_allocation(graph: qg.QGraph, model: CostModel, losses, batch: int = 1,
 
         def cost(option, in_bits):
             k = kernel_for(wl, target, 2 ** (option.weight_bits - 1) - 1, act_span(in_bits, signed))
-            return model.kernel(wl, k, batch).ms
+            return model.in_model_ms(wl, k, batch)
 
         p = producer.get(name)
         if p is None:

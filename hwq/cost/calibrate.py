@@ -10,7 +10,7 @@ elements: ``a`` is the fixed cost of a call (the thread pool's fork and join), `
 of peak the kernel reaches, ``1/c`` the fraction of bandwidth, ``d`` the requantization epilogue's
 cost per output. Four numbers per family, fitted by non-negative least squares on *relative* errors (a 10 us layer matters as much
 as a 10 ms one to a ranking). The glue between kernels gets the same treatment from whole-model
-measurements: ``t_model - sum(kernels) = call + launches * per_launch + bytes * per_byte``.
+measurements (``GlueFit``).
 """
 
 from __future__ import annotations
@@ -47,15 +47,20 @@ class KernelFit:
 
 @dataclass(frozen=True)
 class GlueFit:
-    """``glue = call_ms + launches * launch_ms + megabytes * ms_per_mb`` for a whole model's glue."""
+    """A whole model beyond its kernels' isolated times: ``call_ms + launches * launch_ms +
+    megabytes * ms_per_mb + cold * kernels_memory_ms``. The last term is what the kernels pay in the
+    model and not when timed alone: repeated in isolation, a kernel finds its weights and input in
+    cache; in the model they were last touched one or more operators ago (it scales with the
+    kernels' roofline memory time)."""
 
     call_ms: float
     launch_ms: float
     ms_per_mb: float
+    cold: float
     samples: int
 
-    def predict(self, launches: int, megabytes: float) -> float:
-        return self.call_ms + launches * self.launch_ms + megabytes * self.ms_per_mb
+    def predict(self, launches: int, megabytes: float, kernels_memory_ms: float) -> float:
+        return self.call_ms + launches * self.launch_ms + megabytes * self.ms_per_mb + self.cold * kernels_memory_ms
 
 
 def _relative_nnls(features: np.ndarray, measured: np.ndarray) -> np.ndarray:
@@ -86,11 +91,13 @@ def fit_kernels(table: LatencyTable, target: Target, keys=None) -> dict[str, Ker
 
 
 def fit_glue(table: LatencyTable) -> GlueFit | None:
-    """The glue model from the table's whole-model measurements (None with fewer than 2)."""
-    rows = [(1.0, m["glue_ops"], m["glue_mb"], m["median_ms"] - m["kernels_ms"]) for m in table.models.values()
-            if m.get("median_ms", 0) > m.get("kernels_ms", 0)]
+    """The glue model from the table's whole-model measurements (None with fewer than 2). Fitted on
+    the relative error of the whole model's time, the quantity a budget is about."""
+    rows = [(m["median_ms"], m["kernels_ms"], 1.0, m["glue_ops"], m["glue_mb"], m["kernels_memory_ms"])
+            for m in table.models.values() if "kernels_memory_ms" in m]
     if len(rows) < 2:
         return None
     a = np.asarray(rows, dtype=float)
-    x = _relative_nnls(a[:, :3], a[:, 3])
-    return GlueFit(float(x[0]), float(x[1]), float(x[2]), len(rows))
+    total, kernels = a[:, 0], a[:, 1]
+    x, _ = nnls(a[:, 2:] / total[:, None], (total - kernels) / total)
+    return GlueFit(*(float(v) for v in x), len(rows))

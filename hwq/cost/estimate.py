@@ -61,6 +61,17 @@ class CostModel:
         self.fits = fit_kernels(table, self.target) if table is not None else {}
         self.glue_fit = fit_glue(table) if table is not None else None
 
+    @property
+    def cold(self) -> float:
+        """What a kernel pays in a model beyond its isolated time, per ms of its roofline memory time."""
+        return self.glue_fit.cold if self.glue_fit is not None else 0.0
+
+    def in_model_ms(self, workload: Workload, kernel: KernelFamily, batch: int = 1) -> float:
+        """A kernel's time inside a model: its estimate plus its share of the glue fit's cold term
+        (summed over a plan's layers, with ``glue(..., kernels_memory_ms=0)``, the plan's total)."""
+        est = self.kernel(workload, kernel, batch)
+        return est.ms + self.cold * est.memory_ms
+
     def kernel(self, workload: Workload, kernel: KernelFamily, batch: int = 1) -> Estimate:
         """The estimate of ``kernel`` running ``workload``: measured, else calibrated, else roofline."""
         roof = roofline(workload, kernel, self.target, batch)
@@ -83,12 +94,20 @@ class CostModel:
         k = kernel_for(workload, self.target, 2 ** (option.weight_bits - 1) - 1, act_span(input_bits, input_signed))
         return self.kernel(workload, k, batch)
 
-    def glue(self, ops: list[GlueOp], batch: int = 1) -> tuple[float, str]:
-        """Milliseconds of a model's glue operators and one per-call overhead, and the source."""
+    def glue(self, ops: list[GlueOp], batch: int = 1, kernels_memory_ms: float = 0.0) -> tuple[float, str]:
+        """Milliseconds of a model's glue operators, one per-call overhead and what its kernels pay
+        in the model beyond their isolated times, and the source."""
         mb = batch * sum(op.bytes_per_image for op in ops) / 1e6
         if self.glue_fit is not None:
-            return self.glue_fit.predict(len(ops), mb), "calibrated"
+            return self.glue_fit.predict(len(ops), mb, kernels_memory_ms), "calibrated"
         return len(ops) * _DEFAULT_LAUNCH_MS + mb / self.target.memory.bandwidth_gbs, "roofline"
+
+    def plan_glue(self, graph: qg.QGraph, plan: BitPlan, batch: int = 1) -> tuple[float, str, int]:
+        """``(ms, source, operators)`` of the glue of ``graph`` under ``plan``."""
+        ops = glue_ops(graph, plan, self.target)
+        memory = sum(self.kernel(c.workload, c.kernel, batch).memory_ms for c in plan_layers(graph, plan, self.target))
+        ms, source = self.glue(ops, batch, memory)
+        return ms, source, len(ops)
 
     def plan(self, graph: qg.QGraph, plan: BitPlan, batch: int = 1) -> "PlanEstimate":
         """The per-layer table and the whole-model prediction of ``graph`` under ``plan``."""
@@ -97,9 +116,8 @@ class CostModel:
         for c in plan_layers(graph, plan, self.target):
             rows.append(PlanRow(c.name, c.workload.op, c.option.name, c.input_bits,
                                 self.kernel(c.workload, c.kernel, batch)))
-        ops = glue_ops(graph, plan, self.target)
-        glue_ms, glue_source = self.glue(ops, batch)
-        return PlanEstimate(self.target.name, batch, rows, glue_ms, glue_source, len(ops), self.note)
+        glue_ms, glue_source, n_ops = self.plan_glue(graph, plan, batch)
+        return PlanEstimate(self.target.name, batch, rows, glue_ms, glue_source, n_ops, self.note)
 
 
 @dataclass(frozen=True)

@@ -162,6 +162,7 @@ def record_model(table: LatencyTable, key: str, graph: qg.QGraph, plan: BitPlan,
     est = CostModel(target, table).plan(graph, plan, batch)
     ops = cost_glue.glue_ops(graph, plan, target)
     entry = {"median_ms": timing[0], "q1_ms": timing[1], "q3_ms": timing[2], "kernels_ms": est.layers_ms,
+             "kernels_memory_ms": sum(r.estimate.memory_ms for r in est.rows),
              "kernel_sources": sorted({r.estimate.source for r in est.rows}),
              "glue_ops": len(ops), "glue_mb": batch * sum(o.bytes_per_image for o in ops) / 1e6}
     table.models[key] = entry

@@ -38,6 +38,27 @@ def test_problem_latency_is_the_cost_models_plan_latency(rescnn_graph, alloc):
                                                    for n, s in plan.layers.items()))
 
 
+def test_latency_matches_with_a_fitted_glue_model(rescnn_graph):
+    """With a table whose whole-model entries give a glue fit with a cold-cache term, the knapsack
+    still prices every plan exactly as ``CostModel.plan`` does."""
+    from hwq.cost import LatencyTable
+    from hwq.cost.machine import this_cpu
+
+    table = LatencyTable("x86-avx2", this_cpu())
+    for i, (total, kernels, ops, mb, mem) in enumerate([(3.0, 2.0, 8, 0.1, 0.5), (9.0, 6.0, 8, 2.0, 1.0),
+                                                         (5.0, 3.5, 21, 0.5, 2.0), (40.0, 30.0, 21, 30.0, 4.0)]):
+        table.models[f"m{i}"] = {"median_ms": total, "kernels_ms": kernels, "glue_ops": ops, "glue_mb": mb,
+                                 "kernels_memory_ms": mem}
+    cost = CostModel("x86-avx2", table)
+    assert cost.glue_fit is not None and cost.cold > 0
+    alloc = build_allocation(rescnn_graph, cost, losses, batch=16)
+    rng = random.Random(1)
+    for _ in range(10):
+        choice = tuple(rng.randrange(len(g.options)) for g in alloc.problem.groups)
+        assert alloc.problem.latency(choice) == pytest.approx(cost.plan(rescnn_graph, alloc.plan(choice), 16).total_ms,
+                                                              rel=1e-9)
+
+
 def test_exact_plan_meets_the_budget_and_is_optimal(alloc):
     p = alloc.problem
     every = list(itertools.product(*[range(len(g.options)) for g in p.groups]))
