@@ -151,6 +151,7 @@ def run_profile(config: ProfileConfig, log=print) -> LatencyTable:
     glue = fit_glue(table)
     if glue is not None:
         log(f"  glue: {glue.call_ms * 1e3:.1f} us per call + {glue.launch_ms * 1e3:.2f} us per operator + "
-            f"{glue.ms_per_mb:.3f} ms per MB ({glue.samples} whole-model measurements)")
+            f"{glue.ms_per_mb:.3f} ms per MB + {glue.cold:.3f} x the kernels' memory time "
+            f"({glue.samples} whole-model measurements)")
     log(f"wrote {table.save()}")
     return table

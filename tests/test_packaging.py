@@ -27,3 +27,5 @@ def test_wheel_ships_target_files_and_tuned_tiles(tmp_path):
     assert targets and {f"hwq/targets/{t}" for t in targets} <= names
     tuned = {p.name for p in (REPO / "hwq" / "lower" / "kernels" / "tuned").glob("*.json")}
     assert tuned and {f"hwq/lower/kernels/tuned/{t}" for t in tuned} <= names
+    measured = {p.relative_to(REPO / "hwq").as_posix() for p in (REPO / "hwq" / "cost" / "measured").glob("*/*.json")}
+    assert measured and {f"hwq/{m}" for m in measured} <= names

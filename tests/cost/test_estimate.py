@@ -45,6 +45,7 @@ def test_measured_beats_calibrated_beats_roofline(tmp_path):
 
 def test_table_from_a_cpu_with_other_features_is_refused(tmp_path, monkeypatch):
     monkeypatch.setenv("HWQ_CACHE", str(tmp_path))
+    monkeypatch.setattr("hwq.cost.table.SHIPPED_DIR", tmp_path / "shipped")     # only the tables made here
     me = this_cpu()
     other = dataclasses.replace(me, name="Other CPU", features=("avx2",) if me.features != ("avx2",) else ("avx2", "avx512"))
     _table(other).save(user_path(AVX2, other))
