@@ -35,7 +35,7 @@ class AllocateConfig:
 
     model: str = "rescnn"
     target: str = "x86-host"
-    budget: str = "0.8x"
+    budget: str = "1x"
     batch: int = 1
     sensitivity: str = "measured"
     max_weight_mb: float | None = None

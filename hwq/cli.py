@@ -244,7 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
         a.add_argument("--json", default=None, metavar="PATH", help="also write a JSON report")
         a.add_argument("--data-dir", default=None, help="directory with the Fashion-MNIST idx .gz files")
         if name == "allocate":
-            a.add_argument("--budget", default="0.8x", help="'2.5ms', or '0.8x' = 0.8 x uniform W8A8 (default 0.8x)")
+            a.add_argument("--budget", default="1x", help="'2.5ms', or '0.8x' = 0.8 x uniform W8A8 on the target (default 1x: no slower than uniform W8A8)")
             a.add_argument("--solver", default="exact", help="exact (milp) or greedy")
             a.add_argument("--out", default="hwq-out/plan.json", help="the BitPlan JSON to write")
             a.set_defaults(func=_cmd_allocate)
