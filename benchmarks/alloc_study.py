@@ -177,6 +177,7 @@ def _budget_dual(model, calib, train_data, alloc, budget, evaluate, log) -> dict
     from torch.utils.data import TensorDataset
 
     from hwq.alloc.budget_qat import BudgetQATConfig, train_with_budget
+    from hwq.alloc.problem import Solution
     from hwq.qat import QATConfig, quantize_
 
     prepared = quantize_(model, step="prepare", calibration=calib)
@@ -184,10 +185,8 @@ def _budget_dual(model, calib, train_data, alloc, budget, evaluate, log) -> dict
     res = train_with_budget(prepared, TensorDataset(*train_data), alloc, budget, qat,
                             BudgetQATConfig(epochs=1, finetune_epochs=1), log=lambda s: None)
 
-    class _Sol:
-        choice, latency_ms, loss = res.choice, alloc.problem.latency(res.choice), float("nan")
-
-    r = _row(budget, "budget-dual", 0, alloc, _Sol, evaluate, log)
+    sol = Solution.of(alloc.problem, res.choice, "budget-dual", 0.0)
+    r = _row(budget, "budget-dual", 0, alloc, sol, evaluate, log)
     r.update({"mu": res.mu, "loss_per_ms": res.loss_per_ms, "repaired": res.repaired, "expected_ms": res.expected_ms})
     return r
 
