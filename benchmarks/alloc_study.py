@@ -121,8 +121,9 @@ def study(name, args, log) -> dict:
             from torch.utils.data import TensorDataset
             report = train_constrained(model_m, TensorDataset(*qat_data), _duals_qat(), progress=False,
                                        log=lambda s: None)
-        sens[m] = layer_sensitivities(model_m, options, held, m, report=report, images=args.images,
-                                      batch_size=min(250, args.images), samples=16)
+        n_sens = args.sens_images or args.images
+        sens[m] = layer_sensitivities(model_m, options, held, m, report=report, images=n_sens,
+                                      batch_size=min(250, n_sens), samples=16)
         seconds[m] = time.time() - t
         log(f"  {m} sensitivities: {seconds[m]:.0f} s")
     allocs = {m: build_allocation(graph, cost, s.losses, args.batch) for m, s in sens.items()}
@@ -227,6 +228,8 @@ def main(argv=None) -> int:
     p.add_argument("--budgets", type=int, default=5)
     p.add_argument("--random", type=int, default=5)
     p.add_argument("--images", type=int, default=1000, help="held-out images (sensitivities and accuracy)")
+    p.add_argument("--sens-images", type=int, default=0,
+                   help="held-out images for the sensitivities (default: all of --images)")
     p.add_argument("--finetune-images", type=int, default=2000)
     p.add_argument("--repeats", type=int, default=9)
     p.add_argument("--out", default=str(RESULTS / "alloc_study.json"))
