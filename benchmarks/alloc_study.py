@@ -158,7 +158,7 @@ def study(name, args, log) -> dict:
                                      rng.random(len(sens["measured"].values[layer])))) for layer in sens["measured"].values}
             ralloc = build_allocation(graph, cost, lambda layer, opts: [noise[layer][o] for o in opts], args.batch)
             rows.append(_row(b, "random", seed, ralloc, solve_exact(ralloc.problem, b), evaluate, log))
-    return {"target": target.name, "batch": args.batch, "table": str(table.path), "methods": methods,
+    return {"target": target.name, "batch": args.batch, "table": _where(table.path), "methods": methods,
             "sensitivity_seconds": seconds, "uniform": uniform, "budgets": budgets, "plans": rows, "solver": solver,
             "sensitivities": {m: json.loads(s.to_json()) for m, s in sens.items()},
             "seconds": time.time() - t_start, **summarize(rows, uniform, plan_methods)}
@@ -218,6 +218,17 @@ def summarize(rows, uniform, methods) -> dict:
         per_budget.append(entry)
     return {"within_budget_3pct": float(np.mean([o <= 0.03 for o in over])) if over else None,
             "worst_over_budget": max(over) if over else None, "per_budget": per_budget}
+
+
+def _where(path) -> str:
+    """The table's path with the user's cache directory written as ``$HWQ_CACHE`` (no machine paths in results)."""
+    from hwq.fileio import cache_dir
+
+    path = Path(path)
+    try:
+        return "$HWQ_CACHE/" + path.relative_to(cache_dir()).as_posix()
+    except ValueError:
+        return path.name
 
 
 def main(argv=None) -> int:
