@@ -35,6 +35,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from hwq.fileio import display_path  # noqa: E402
+
 RESULTS = Path(__file__).resolve().parent / "results"
 OPTIONS = ("w8a8", "w7a8", "w4a8", "w8a4", "w4a4")
 
@@ -158,7 +160,7 @@ def study(name, args, log) -> dict:
                                      rng.random(len(sens["measured"].values[layer])))) for layer in sens["measured"].values}
             ralloc = build_allocation(graph, cost, lambda layer, opts: [noise[layer][o] for o in opts], args.batch)
             rows.append(_row(b, "random", seed, ralloc, solve_exact(ralloc.problem, b), evaluate, log))
-    return {"target": target.name, "batch": args.batch, "table": _where(table.path), "methods": methods,
+    return {"target": target.name, "batch": args.batch, "table": display_path(table.path), "methods": methods,
             "sensitivity_seconds": seconds, "uniform": uniform, "budgets": budgets, "plans": rows, "solver": solver,
             "sensitivities": {m: json.loads(s.to_json()) for m, s in sens.items()},
             "seconds": time.time() - t_start, **summarize(rows, uniform, plan_methods)}
@@ -219,16 +221,6 @@ def summarize(rows, uniform, methods) -> dict:
     return {"within_budget_3pct": float(np.mean([o <= 0.03 for o in over])) if over else None,
             "worst_over_budget": max(over) if over else None, "per_budget": per_budget}
 
-
-def _where(path) -> str:
-    """The table's path with the user's cache directory written as ``$HWQ_CACHE`` (no machine paths in results)."""
-    from hwq.fileio import cache_dir
-
-    path = Path(path)
-    try:
-        return "$HWQ_CACHE/" + path.relative_to(cache_dir()).as_posix()
-    except ValueError:
-        return path.name
 
 
 def main(argv=None) -> int:

@@ -29,6 +29,8 @@ from pathlib import Path
 import numpy as np
 from scipy.stats import spearmanr
 
+from hwq.fileio import display_path  # noqa: E402
+
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
@@ -83,16 +85,6 @@ def summarize(pred, meas) -> dict:
             "median_abs_error": float(np.median(err)), "within_10pct": float(np.mean(err <= 0.10)),
             "within_20pct": float(np.mean(err <= 0.20))}
 
-
-def _where(path) -> str:
-    """The table's path with the user's cache directory written as ``$HWQ_CACHE`` (no machine paths in results)."""
-    from hwq.fileio import cache_dir
-
-    path = Path(path)
-    try:
-        return "$HWQ_CACHE/" + path.relative_to(cache_dir()).as_posix()
-    except ValueError:
-        return path.name
 
 
 def main(argv=None) -> int:
@@ -164,7 +156,7 @@ def main(argv=None) -> int:
     print(f"bit-operations count, whole models: Spearman {bops['spearman']:.3f}")
 
     out = {"benchmark": args.name, "environment": environment(), "target": target.name,
-           "target_features": list(target.features), "table": _where(table.path), "profile_seconds": profile_s,
+           "target_features": list(target.features), "table": display_path(table.path), "profile_seconds": profile_s,
            "table_device": table.device.to_json(), "per_layer_held_out": per_layer, "per_layer_roofline": roof_layer,
            "whole_model": whole, "whole_model_by_model_batch": per_model, "bit_ops": bops,
            "bit_ops_by_model_batch": bops_within, "folds": args.folds, "repeats": args.repeats,

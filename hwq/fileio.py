@@ -21,6 +21,16 @@ def cache_dir() -> Path:
     return Path(os.environ.get("HWQ_CACHE") or Path.home() / ".cache" / "hwq")
 
 
+def display_path(path) -> str:
+    """``path`` with the user's cache directory written as ``$HWQ_CACHE``: results and messages that
+    are shared then name no machine's home directory."""
+    path = Path(path)
+    try:
+        return "$HWQ_CACHE/" + path.relative_to(cache_dir()).as_posix()
+    except ValueError:
+        return str(path)
+
+
 def atomic_write_bytes(path, data: bytes) -> Path:
     """Write ``data`` to ``path`` through a temporary sibling renamed into place: a reader (or a
     process killed mid-write) sees the old file or the new one, never a half-written one."""
