@@ -52,32 +52,40 @@ def environment() -> dict:
 _FLAGS = ("avx2", "avx512f", "avx512_vnni", "asimddp", "i8mm")   # the ones hwq's kernels key on
 
 
-def _cpu_id() -> dict:
-    """CPU family / model and the vector features hwq's kernels use: a hidden SKU ("AMD EPYC")
-    still tells a Zen 3 (family 25, model 1) from a Zen 4 (family 25, model 17)."""
+def read_cpuinfo() -> dict:
+    """The first ``model name``, ``cpu family``, ``model`` and flags (x86 ``flags``, aarch64
+    ``Features``) of ``/proc/cpuinfo``, as ``{"name", "family", "model": str, "flags": set}``;
+    a field the file lacks (or no file at all) is absent."""
     out = {}
+    keys = {"model name": "name", "cpu family": "family", "model": "model"}
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
                 key, _, value = (part.strip() for part in line.partition(":"))
-                name = {"cpu family": "cpu_family", "model": "cpu_model"}.get(key)
-                if name is not None and name not in out:
-                    out[name] = value
-                elif key in ("flags", "Features") and "cpu_features" not in out:
-                    have = set(value.split())
-                    out["cpu_features"] = [f for f in _FLAGS if f in have]
+                if key in keys and keys[key] not in out:
+                    out[keys[key]] = value
+                elif key in ("flags", "Features") and "flags" not in out:
+                    out["flags"] = set(value.split())
     except OSError:
         pass
     return out
 
 
+def _cpu_id() -> dict:
+    """CPU family / model and the vector features hwq's kernels use: a hidden SKU ("AMD EPYC")
+    still tells a Zen 3 (family 25, model 1) from a Zen 4 (family 25, model 17)."""
+    info, out = read_cpuinfo(), {}
+    for key, name in (("family", "cpu_family"), ("model", "cpu_model")):
+        if key in info:
+            out[name] = info[key]
+    if "flags" in info:
+        out["cpu_features"] = [f for f in _FLAGS if f in info["flags"]]
+    return out
+
+
 def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
+    name = read_cpuinfo().get("name")
+    if name:
+        return name
     import platform
     return platform.processor() or "unknown"

@@ -13,6 +13,7 @@ import functools
 import platform
 
 from hwq.target import Target
+from hwq.timing import read_cpuinfo
 
 DETECT_CPU = "host"   # mcpu value in a target file meaning "the CPU of the machine that builds"
 # hwq feature name -> the /proc/cpuinfo flag that provides it (x86 "flags", aarch64 "Features")
@@ -53,24 +54,11 @@ class CpuId:
 @functools.lru_cache(maxsize=1)
 def this_cpu() -> CpuId:
     """The CPU of this machine."""
-    name = family = model = ""
-    flags: set = set()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                key, _, value = (part.strip() for part in line.partition(":"))
-                if key == "model name" and not name:
-                    name = value
-                elif key == "cpu family" and not family:
-                    family = value
-                elif key == "model" and not model:
-                    model = value
-                elif key in ("flags", "Features") and not flags:
-                    flags = set(value.split())
-    except OSError:
-        pass
+    info = read_cpuinfo()
+    flags = info.get("flags", set())
     features = tuple(sorted(f for f, flag in CPUINFO_FLAG.items() if flag in flags))
-    return CpuId(name or platform.processor() or "unknown", family, model, features, platform.machine())
+    return CpuId(info.get("name") or platform.processor() or "unknown", info.get("family", ""), info.get("model", ""),
+                 features, platform.machine())
 
 
 def runs_on_this_machine(target: Target) -> bool:
