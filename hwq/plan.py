@@ -12,36 +12,59 @@ from hwq.errors import ConfigError, choices
 from hwq.spec import QuantSpec
 
 
+FLOAT_BITS = 32
+
+
 @dataclass(frozen=True)
 class LayerSpec:
-    """Weight and activation bits of one conv / linear layer (its output activation is `act_bits` wide)."""
+    """Weight and activation bits of one conv / linear layer (its output activation is `act_bits` wide).
+
+    Integer layers take 2..8 bits for each. ``LayerSpec(32, 32)`` (``LayerSpec.parse("fp32")``) keeps
+    the layer in float32: float weights (BatchNorm folded), a float output, and a quantize only where
+    an integer op reads that output (at the plan's default activation bits).
+    """
 
     weight_bits: int = 8
     act_bits: int = 8
 
     def __post_init__(self):
+        if (self.weight_bits, self.act_bits) == (FLOAT_BITS, FLOAT_BITS):
+            return
         for name in ("weight_bits", "act_bits"):
             v = getattr(self, name)
-            if not isinstance(v, int) or not 2 <= v <= 8:
-                raise ConfigError(f"LayerSpec.{name} must be an int in 2..8, got {v!r}")
+            if not isinstance(v, int) or isinstance(v, bool) or not 2 <= v <= 8:
+                raise ConfigError(f"LayerSpec.{name} must be an int in 2..8, got {v!r} (or both bits 32: "
+                                  f"the float option 'fp32')")
+
+    @property
+    def is_float(self) -> bool:
+        """The layer runs in float32 (``fp32``)."""
+        return self.weight_bits == FLOAT_BITS
 
     @property
     def name(self) -> str:
-        """The option name, ``"w{weight_bits}a{act_bits}"`` (``LayerSpec(4, 8).name == "w4a8"``)."""
-        return f"w{self.weight_bits}a{self.act_bits}"
+        """The option name: ``"w{weight_bits}a{act_bits}"`` (``LayerSpec(4, 8).name == "w4a8"``) or ``"fp32"``."""
+        return "fp32" if self.is_float else f"w{self.weight_bits}a{self.act_bits}"
 
     @classmethod
     def parse(cls, name: str) -> "LayerSpec":
-        """``"w4a8"`` -> ``LayerSpec(4, 8)``; anything else is a ``ConfigError``."""
+        """``"w4a8"`` -> ``LayerSpec(4, 8)``, ``"fp32"`` -> ``LayerSpec(32, 32)``; anything else is a ``ConfigError``."""
+        if name == "fp32":
+            return cls(FLOAT_BITS, FLOAT_BITS)
         m = re.fullmatch(r"w([0-9]+)a([0-9]+)", name) if isinstance(name, str) else None
         if m is None:
-            raise ConfigError(f"option name {name!r} is not of the form 'w<weight bits>a<act bits>', e.g. 'w4a8'")
+            raise ConfigError(f"option name {name!r} is not 'fp32' nor of the form 'w<weight bits>a<act bits>', "
+                              f"e.g. 'w4a8'")
         return cls(int(m.group(1)), int(m.group(2)))
 
     def weight_spec(self) -> QuantSpec:
+        if self.is_float:
+            raise ConfigError("an fp32 layer has no integer weight format")
         return QuantSpec(self.weight_bits, signed=True, granularity="per_channel")
 
     def act_spec(self, signed: bool) -> QuantSpec:
+        if self.is_float:
+            raise ConfigError("an fp32 layer has no integer output format")
         return QuantSpec(self.act_bits, signed=signed, granularity="per_tensor")
 
 
@@ -66,6 +89,9 @@ class BitPlan:
         for k, v in self.layers.items():
             if not isinstance(k, str) or not isinstance(v, LayerSpec):
                 raise ConfigError(f"BitPlan.layers must map module names to LayerSpec, got {k!r}: {v!r}")
+        if self.default.is_float:
+            raise ConfigError("BitPlan.default must be an integer option (it also sets the bits of the adds, pools "
+                              "and float-to-integer borders); name the layers to keep in float in BitPlan.layers")
         if self.version != 1:
             raise ConfigError(f"BitPlan.version {self.version!r} is not supported; valid: 1")
 

@@ -8,6 +8,13 @@ between two descriptions of the model.
 Conventions: activations are NCHW (or NC) integer tensors in an 8-bit container with zero point 0
 and one scale per tensor; weights are int8 with one scale per output channel; accumulators are
 int32; every requantization follows ``hwq.fixed_point``.
+
+Float islands: a layer the plan keeps in ``fp32`` (``FloatConv2d`` / ``FloatDense``) and any operator
+the integer path cannot express (``FloatOp``: an ATen operator run as it is) compute in float32 on
+``float32`` tensors. ``Dequantize`` (``x * scale`` in float32) enters an island and ``Quantize``
+(``clamp(round_half_even(x / scale))`` in float32, the rule of the model input) leaves it; both are
+single IEEE float32 operations, so every backend rounds them identically. Inside an island a
+backend may sum in another order than torch, so a ``Quantize`` after it can land 1 LSB away.
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 ACT_DTYPES = ("int8", "uint8")
+FLOAT = "float32"
 
 
 @dataclass(frozen=True)
@@ -26,10 +34,14 @@ class TensorInfo:
 
     name: str
     shape: tuple            # without the batch dimension
-    dtype: str              # "int8" | "uint8" | "int32" (the logits of a graph's last layer)
-    scale: float            # real value = integer * scale (per tensor); for int32 logits see QGraph
-    qmin: int
+    dtype: str              # "int8" | "uint8" | "int32" (the logits of a graph's last layer) | "float32"
+    scale: float            # real value = integer * scale (per tensor); for int32 logits see QGraph; 1 for float
+    qmin: int               # integer range (0, 0 for a float tensor)
     qmax: int
+
+    @property
+    def is_float(self) -> bool:
+        return self.dtype == FLOAT
 
 
 @dataclass(frozen=True)
@@ -133,6 +145,93 @@ class Flatten:
 
 
 @dataclass(frozen=True)
+class Quantize:
+    """Float -> integer at an island's exit: ``clamp(round_half_even(x / scale), qmin, qmax)`` in float32."""
+
+    name: str
+    input: str
+    output: str
+    scale: float
+    qmin: int
+    qmax: int
+    op: str = "quantize"
+
+
+@dataclass(frozen=True)
+class Dequantize:
+    """Integer -> float at an island's entry: ``float32(x) * float32(scale of the input)``."""
+
+    name: str
+    input: str
+    output: str
+    op: str = "dequantize"
+
+
+@dataclass(frozen=True)
+class FloatConv2d:
+    """A conv2d the plan keeps in float32: float weights (BN folded), bias, then ``clamp`` (ReLU / ReLU6) if any."""
+
+    name: str
+    input: str
+    output: str
+    weight: np.ndarray      # float32 (O, I/groups, kh, kw)
+    bias: np.ndarray        # float32 (O,)
+    stride: tuple
+    padding: tuple
+    dilation: tuple
+    groups: int
+    clamp: tuple | None     # (lo, hi) in real units, hi may be inf
+    op: str = "float_conv2d"
+
+
+@dataclass(frozen=True)
+class FloatDense:
+    """A fully-connected layer the plan keeps in float32."""
+
+    name: str
+    input: str
+    output: str
+    weight: np.ndarray      # float32 (O, I)
+    bias: np.ndarray        # float32 (O,)
+    clamp: tuple | None
+    op: str = "float_dense"
+
+
+@dataclass(frozen=True)
+class Ref:
+    """A graph value inside a ``FloatOp``'s arguments."""
+
+    name: str
+
+
+@dataclass(frozen=True)
+class BatchSize:
+    """The batch size inside a ``FloatOp``'s shape argument (a reshape's first dimension):
+    the graph is exported at one batch size and runs at any."""
+
+
+@dataclass(frozen=True)
+class FloatOp:
+    """An ATen operator run in float32 as the model wrote it (a float island's body).
+
+    ``target`` is the operator's name (``"aten.sigmoid.default"``); ``args`` / ``kwargs`` hold ``Ref``
+    for graph values, ``BatchSize`` for the batch, float32 numpy arrays for constant tensors and
+    plain Python values otherwise. ``why`` says why it is not integer; ``module`` is the model's
+    module that holds it (for messages).
+    """
+
+    name: str
+    inputs: tuple           # names of the graph values it reads (the Refs in args)
+    output: str
+    target: str
+    args: tuple
+    kwargs: tuple = ()      # ((key, value), ...)
+    why: str = ""
+    module: str = ""
+    op: str = "float"
+
+
+@dataclass(frozen=True)
 class QGraph:
     """A whole integer program with its float boundary.
 
@@ -163,14 +262,42 @@ class QGraph:
                 total += int(np.prod(out)) * int(np.prod(node.weight.shape[1:]))
             elif node.op == "dense":
                 total += int(np.prod(node.weight.shape))
+            elif node.op == "float_conv2d":
+                out = self.tensors[node.output].shape
+                total += int(np.prod(out)) * int(np.prod(node.weight.shape[1:]))
+            elif node.op == "float_dense":
+                total += int(np.prod(node.weight.shape))
         return total
 
+    def float_nodes(self) -> list:
+        """``(node, why)`` for every node computing in float32 (the float islands)."""
+        out = []
+        for node in self.nodes:
+            if node.op == "float":
+                out.append((node, node.why))
+            elif node.op in ("float_conv2d", "float_dense"):
+                out.append((node, "the plan keeps this layer in fp32"))
+        return out
+
+    def up_to(self, value: str) -> "QGraph":
+        """The program that stops at ``value`` (an 8-bit or float tensor): its nodes up to the one
+        producing it, ``value`` as the output. Compares backends at an inner point (a float island's
+        ``Quantize``, say)."""
+        info = self.tensors.get(value)
+        if info is None or info.dtype == "int32":
+            raise KeyError(f"{value!r} is not an 8-bit or float value of this graph")
+        end = next(i for i, n in enumerate(self.nodes) if n.output == value)
+        return QGraph(self.input, self.nodes[:end + 1], value, self.tensors)
+
     def summary(self) -> str:
-        """One line per node: op, name, output shape and dtype."""
+        """One line per node: op, name, output shape and dtype; float ops say why they are float."""
         lines = [f"input {self.input.name}: {self.input.dtype}{list(self.input.shape)} scale={self.input.scale:.3g}"]
+        why = {id(n): w for n, w in self.float_nodes()}
         for node in self.nodes:
             t = self.tensors[node.output]
-            lines.append(f"{node.op:16s} {node.name:24s} -> {t.dtype}{list(t.shape)} scale={t.scale:.3g}")
+            what = node.target.replace("aten.", "").replace(".default", "") if node.op == "float" else node.op
+            tail = f"float: {why[id(node)]}" if id(node) in why else f"scale={t.scale:.3g}"
+            lines.append(f"{what:16s} {node.name:24s} -> {t.dtype}{list(t.shape)} {tail}")
         return "\n".join(lines)
 
     def describe_json(self) -> str:
@@ -182,6 +309,7 @@ class QGraph:
                        "scale": self.output_info.scale,
                        "scales": None if self.output_scales is None else self.output_scales.tolist()},
             "nodes": [{"op": n.op, "name": n.name, "output": n.output} for n in self.nodes],
+            "float_ops": [{"name": n.name, "why": why} for n, why in self.float_nodes()],
             "macs": self.macs(),
         }, indent=2)
 

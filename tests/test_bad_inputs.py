@@ -13,6 +13,7 @@ from hwq.cli import main
 from hwq.errors import ArtifactError, DataError, TargetError, UnsupportedOpError
 from hwq.models import ResCNN
 from hwq.qat import quantize_ptq, run_reference
+from hwq.lower import compile_model
 
 
 def _cli_error(capsys, args) -> str:
@@ -66,11 +67,18 @@ def test_bad_plan_files_name_the_file_and_the_field(tmp_path, capsys, text, word
 
 
 # ------------------------------------------------------------------------------ models and data
-class _Sigmoid(nn.Module):
+class _Cumsum(nn.Module):
+    def forward(self, x):
+        return torch.cumsum(x, dim=3)
+
+
+class _Unlowerable(nn.Module):
+    """``cumsum`` has no integer form (a float island) and no float lowering in hwq either."""
+
     def __init__(self):
         super().__init__()
         self.conv = nn.Conv2d(1, 4, 3)
-        self.head = nn.Sequential(nn.Sigmoid())
+        self.head = nn.Sequential(_Cumsum())
 
     def forward(self, x):
         return self.head(self.conv(x))
@@ -88,8 +96,9 @@ class _Branchy(nn.Module):
 
 
 def test_unsupported_operator_names_its_module():
-    with pytest.raises(UnsupportedOpError, match=r"'aten.sigmoid.default'.*module 'head.0'.*supported: "):
-        quantize_ptq(_Sigmoid().eval(), torch.rand(4, 1, 8, 8))
+    graph = quantize_ptq(_Unlowerable().eval(), torch.rand(4, 1, 8, 8))     # a float island in the graph
+    with pytest.raises(UnsupportedOpError, match=r"'aten.cumsum.default'.*module 'head.0'.*float islands run: .*sigmoid"):
+        compile_model(graph, "x86-host")
 
 
 def test_untraceable_model_names_the_module_export_failed_in():

@@ -17,6 +17,7 @@ from tvm import relax, tirx
 
 from hwq import qgraph as qg
 from hwq.errors import ConfigError
+from hwq.lower import float_ops
 from hwq.lower.kernels import Kernel, layout_for, select_kernel
 from hwq.lower.kernels.conv_params import ResidualAdd
 
@@ -33,6 +34,7 @@ class _Emitter:
         self.env: dict = {}
         self.fusable = qg.fusable_adds(graph) if self.layout == "NHWC" else {}
         self.fused: set = set()   # names of the add nodes a conv kernel took into its epilogue
+        self.nchw: set = set()    # 4-D values a float island left in NCHW while the emitter's layout is NHWC
 
     def emit(self, expr):
         return self.bb.emit(expr)
@@ -150,6 +152,88 @@ class _Emitter:
     def dtype(self, name):
         return self.graph.tensors[name].dtype
 
+    def get(self, name, layout=None):
+        """Value ``name`` in ``layout`` (the emitter's by default), permuting a 4-D tensor if needed."""
+        layout = layout or self.layout
+        x = self.env[name]
+        stored = "NCHW" if name in self.nchw else self.layout
+        if stored == layout or len(self.graph.tensors[name].shape) != 3:
+            return x
+        return self.emit(relax.op.permute_dims(x, [0, 3, 1, 2] if layout == "NCHW" else [0, 2, 3, 1]))
+
+    def put(self, name, expr, layout=None):
+        self.env[name] = expr
+        if (layout or self.layout) != self.layout:
+            self.nchw.add(name)
+        else:
+            self.nchw.discard(name)
+
+    def stored_layout(self, name):
+        return "NCHW" if name in self.nchw else self.layout
+
+    # ---------------------------------------------------------------- float islands
+    def dequantize(self, node: qg.Dequantize):
+        lay = self.stored_layout(node.input)
+        xf = self.emit(relax.op.astype(self.get(node.input, lay), "float32"))
+        scale = _const(np.float32(self.graph.tensors[node.input].scale), "float32")
+        self.put(node.output, self.emit(relax.op.multiply(xf, scale)), lay)
+
+    def quantize(self, node: qg.Quantize):
+        lay = self.stored_layout(node.input)
+        q = self.emit(relax.op.round(self.emit(relax.op.divide(self.get(node.input, lay),
+                                                                 _const(np.float32(node.scale), "float32")))))
+        self.put(node.output, self.cast_clip(q, node.qmin, node.qmax, self.dtype(node.output)), lay)
+
+    def float_conv2d(self, x, node: qg.FloatConv2d):
+        w, kl = (node.weight, "OIHW") if self.layout == "NCHW" else (node.weight.transpose(2, 3, 1, 0), "HWIO")
+        y = self.emit(relax.op.nn.conv2d(x, _const(w, "float32"), strides=node.stride, padding=node.padding,
+                                         dilation=node.dilation, groups=node.groups, data_layout=self.layout,
+                                         kernel_layout=kl, out_dtype="float32"))
+        y = self.emit(relax.op.add(y, self.channel(node.bias, 4, "float32")))
+        return y if node.clamp is None else self._float_clamp(y, node.clamp)
+
+    def float_dense(self, x, node: qg.FloatDense):
+        y = self.emit(relax.op.matmul(x, _const(node.weight.T, "float32"), out_dtype="float32"))
+        y = self.emit(relax.op.add(y, _const(node.bias, "float32")))
+        return y if node.clamp is None else self._float_clamp(y, node.clamp)
+
+    def shape(self, expr) -> tuple:
+        """The NCHW shape of a float op's tensor argument (batch ``None``)."""
+        return self._shapes[id(expr)]
+
+    def _float_clamp(self, y, clamp):
+        return self.emit(relax.op.clip(y, float(clamp[0]), min(float(clamp[1]), 3.4e38)))
+
+    def float_op(self, node: qg.FloatOp):
+        emit, elementwise = float_ops.lookup(node)
+        refs = [r for r in node.inputs if r in self.env]
+        four_d = [r for r in refs if len(self.graph.tensors[r].shape) == 3]
+        # elementwise on 4-D (or scalar-shaped) tensors only: then a permutation commutes with it
+        layout = "NCHW"
+        if elementwise and len(four_d) == len([r for r in refs if self.graph.tensors[r].shape != ()]) \
+                and not any(isinstance(a, np.ndarray) and a.ndim > 1 for a in node.args) and four_d:
+            layout = self.stored_layout(four_d[0])
+
+        self._shapes = {}
+
+        def value(a):
+            if isinstance(a, qg.Ref):
+                v = self.get(a.name, layout)
+                self._shapes[id(v)] = (None, *self.graph.tensors[a.name].shape)
+                return v
+            if isinstance(a, qg.BatchSize):
+                return self.batch
+            if isinstance(a, np.ndarray):
+                return _const(a.astype(np.float32) if a.dtype.kind == "f" else a, "float32" if a.dtype.kind == "f" else str(a.dtype))
+            if isinstance(a, tuple):
+                return [value(v) for v in a]
+            return a
+
+        out_shape = self.graph.tensors[node.output].shape
+        y = emit(self, out_shape, *[value(a) for a in node.args], **{k: value(v) for k, v in node.kwargs})
+        y = self.emit(y) if not isinstance(y, relax.Var) else y
+        self.put(node.output, y, layout if out_shape and len(out_shape) == 3 else self.layout)
+
     def body(self, x):
         if self.layout == "NHWC" and len(self.graph.input.shape) == 3:    # an (N, features) input has no layout
             x = self.emit(relax.op.permute_dims(x, [0, 2, 3, 1]))
@@ -158,19 +242,21 @@ class _Emitter:
         for node in self.graph.nodes:
             if node.op == "add":
                 if node.name not in self.fused:             # else the conv that produced an input wrote it
-                    env[node.output] = self.add(env[node.inputs[0]], env[node.inputs[1]], node)
+                    env[node.output] = self.add(self.get(node.inputs[0]), self.get(node.inputs[1]), node)
             elif node.op == "clamp":
-                env[node.output] = self.cast_clip(env[node.input], node.qmin, node.qmax, self.dtype(node.output))
+                env[node.output] = self.cast_clip(self.get(node.input), node.qmin, node.qmax, self.dtype(node.output))
+            elif node.op in ("dequantize", "quantize"):
+                getattr(self, node.op)(node)
+            elif node.op == "float":
+                self.float_op(node)
             elif hasattr(self, node.op):
-                env[node.output] = getattr(self, node.op)(env[node.input], node)
+                env[node.output] = getattr(self, node.op)(self.get(node.input), node)
                 fused = self.fusable.get(node.output)
                 if fused is not None and fused[0].name in self.fused:
                     env[fused[0].output] = env.pop(node.output)   # the kernel's output is the add's
             else:
                 raise ConfigError(f"QGraph node {node.name!r} has op {node.op!r} that the Relax lowering lacks")
-        out = env[self.graph.output]
-        if self.layout == "NHWC" and len(self.graph.output_info.shape) == 3:
-            out = self.emit(relax.op.permute_dims(out, [0, 3, 1, 2]))
+        out = self.get(self.graph.output, "NCHW")
         return out
 
 
@@ -196,12 +282,16 @@ def build_relax_module(graph: qg.QGraph, target=None) -> tvm.IRModule:
             q = e.emit(relax.op.round(e.emit(relax.op.divide(xf, _const(graph.input.scale, "float32")))))
             q = e.cast_clip(q, graph.input.qmin, graph.input.qmax, graph.input.dtype)
             y = e.emit(relax.Call(bb.get().get_global_var("forward_int"), [q]))
-            # dequantize in float64 then round once to float32, as the reference does
-            out_ndim = 1 + len(graph.output_info.shape)
-            scales = graph.output_scales if graph.output_scales is not None else graph.output_info.scale
-            e.layout = "NCHW"   # main sees forward_int's NCHW output
-            yf = e.emit(relax.op.multiply(e.emit(relax.op.astype(y, "float64")), e.channel(scales, out_ndim, "float64")))
-            out = bb.emit_output(relax.op.astype(yf, "float32"))
+            if graph.output_info.is_float:     # a float island ends the graph: nothing to dequantize
+                out = bb.emit_output(relax.op.astype(y, "float32"))
+            else:
+                # dequantize in float64 then round once to float32, as the reference does
+                out_ndim = 1 + len(graph.output_info.shape)
+                scales = graph.output_scales if graph.output_scales is not None else graph.output_info.scale
+                e.layout = "NCHW"   # main sees forward_int's NCHW output
+                yf = e.emit(relax.op.multiply(e.emit(relax.op.astype(y, "float64")),
+                                              e.channel(scales, out_ndim, "float64")))
+                out = bb.emit_output(relax.op.astype(yf, "float32"))
         bb.emit_func_output(out)
     del fwd
     return bb.get()

@@ -4,7 +4,9 @@
 trainable ``ep.module()`` and rewrites it at exactly the converter's quantization points, which
 ``hwq.qat.patterns.find_groups`` decides for both: every conv / linear group (with its BN and
 ReLU) becomes a ``QuantLayer``; the model input, each residual add and each global average pool
-get an ``ActFakeQuantize``. Activation ranges start from min/max calibration, as in PTQ.
+get an ``ActFakeQuantize``. Float islands (layers the plan keeps in fp32, ops without an integer
+form) stay the float model's own ops, with an ``ActFakeQuantize`` where an integer layer reads
+them. Activation ranges start from min/max calibration, as in PTQ.
 
 ``convert`` reads the trained quantizers (their scales, and the integers the weight quantizers
 round to) and builds the ``QGraph`` from the same exported graph, so the integer program computes
@@ -28,11 +30,12 @@ from torch import nn
 from hwq import qgraph as qg
 from hwq.errors import ConfigError, choices
 from hwq.plan import BitPlan
-from hwq.qat.convert import CALIBRATION_BATCH, convert
+from hwq.qat.convert import CALIBRATION_BATCH, calibrate, convert
 from hwq.qat.exported import check_calibration, constants, export_model, user_input_name
 from hwq.qat.fake_quant import ActFakeQuantize
 from hwq.qat.modules import QuantLayer
-from hwq.qat.patterns import LAYER, find_groups, fold_batch_norm, group_nodes, layer_names
+from hwq.qat.patterns import (IDENTITY, IDENTITY_OP, LAYER, find_groups, float_values, fold_batch_norm, group_nodes,
+                              layer_names)
 from hwq.spec import RANGE_MODES, QuantSpec
 
 STEPS = ("prepare", "convert")
@@ -130,8 +133,12 @@ def _prepare(model, plan, calibration, range_mode, batch_size):
     in_name = user_input_name(ep)
     # which quantizer's scale each value carries (ops without their own keep their input's)
     carrier = {in_name: _insert_after(gm, nodes[in_name], "input", ActFakeQuantize(in_spec, INPUT))}
+    floats = float_values(groups, lambda m: plan.spec_for(m).is_float)
+    borders = _island_borders(ep, gm, nodes, groups, floats, plan, range_mode, calibration, batch_size)
     for g in groups:
-        if g.kind == LAYER:
+        if g.output.name in floats:                 # a float island: the float model's own ops
+            carrier[g.output.name] = borders.get(g.output.name)
+        elif g.kind == LAYER:
             layer = _replace_layer(gm, nodes, g, consts, plan, range_mode)
             layer.set_input_quantizer(carrier.get(g.anchor.args[0].name))
             carrier[g.output.name] = layer.out_fq
@@ -157,6 +164,42 @@ def _prepare(model, plan, calibration, range_mode, batch_size):
     return gm.train()
 
 
+def _island_borders(ep, gm, nodes, groups, floats, plan, range_mode, calibration, batch_size) -> dict:
+    """A fake quantizer where an integer layer reads a float island's value (the converter's ``Quantize``).
+
+    Only the integer layers see the quantized value; the island's other readers keep the float one,
+    as in the integer program. Signedness comes from a calibration pass, as the converter decides it.
+    """
+    alias = {g.output.name: g.anchor.args[0].name for g in groups if g.kind == IDENTITY_OP}
+    readers: dict = {}
+    for g in groups:
+        if g.kind == LAYER and g.output.name not in floats:
+            src = g.anchor.args[0].name
+            while src in alias:
+                src = alias[src]
+            if src in floats:
+                readers.setdefault(src, set()).add(g.anchor.name)
+    if not readers:
+        return {}
+    ranges = calibrate(ep, (calibration[i:i + batch_size] for i in range(0, len(calibration), batch_size)))
+    out = {}
+    for src, anchors in readers.items():
+        spec = replace(plan.default.act_spec(signed=ranges[src][0] < 0), range_mode=range_mode)
+        out[src] = _insert_after(gm, nodes[src], f"border_{src}", ActFakeQuantize(spec, src),
+                                 only=lambda user, anchors=anchors: _reaches(user, anchors))
+    return out
+
+
+def _reaches(user, anchors) -> bool:
+    """Whether ``user`` is one of ``anchors`` or an identity chain ending in one."""
+    while user.name not in anchors:
+        users = list(user.users)
+        if len(users) != 1 or user.target not in IDENTITY:
+            return False
+        user = users[0]
+    return True
+
+
 def _key(gm, name):
     base = re.sub(r"\W", "_", name) or "layer"
     key, i = base, 1
@@ -165,12 +208,12 @@ def _key(gm, name):
     return key
 
 
-def _insert_after(gm, node, name, quantizer):
+def _insert_after(gm, node, name, quantizer, only=None):
     key = _key(gm, name)
     gm.quant[key] = quantizer
     with gm.graph.inserting_after(node):
         fq = gm.graph.call_module(f"quant.{key}", (node,))
-    node.replace_all_uses_with(fq, delete_user_cb=lambda user: user is not fq)
+    node.replace_all_uses_with(fq, delete_user_cb=lambda user: user is not fq and (only is None or only(user)))
     return quantizer
 
 

@@ -3,10 +3,15 @@
 The exported graph is the one source of truth: its conv / linear / add / pool nodes become
 integer ops, a conv's BatchNorm and ReLU are fused into it (BN folded into the weights, ReLU into
 the requantization clamp), and the scales come from calibration ranges (or, after QAT, from the
-trained quantizers). Anything else is rejected with the list of what is supported.
+trained quantizers). Layers the plan keeps in ``fp32`` and every operator without an integer form
+become float islands: a ``Dequantize`` where an island reads an integer value, a ``Quantize``
+(at the plan's default activation bits, unsigned when the calibrated range is) where an integer op
+reads a float one.
 """
 
 from __future__ import annotations
+
+import operator
 
 import numpy as np
 import torch
@@ -16,13 +21,15 @@ from hwq import qgraph as qg
 from hwq.errors import ConfigError, QuantizationError, UnsupportedOpError
 from hwq.fixed_point import choose_scale, common_shift, quantize_multiplier
 from hwq.plan import BitPlan
-from hwq.qat.exported import check_calibration, constants, export_model, run_graph, user_input_name
-from hwq.qat.patterns import (CONV, HARDTANH, SUPPORTED_OPS, fold_batch_norm, find_groups, hardtanh_bounds,
-                              layer_names, pair)
+from hwq.qat.exported import BATCHED_SHAPE, check_calibration, constants, export_model, run_graph, user_input_name
+from hwq.qat.exported import module_name
+from hwq.qat.patterns import (CONV, FLOAT_OP, HARDTANH, SUPPORTED_OPS, Group, float_values, fold_batch_norm,
+                              find_groups, group_nodes, hardtanh_bounds, layer_names, pair)
 
 __all__ = ["CALIBRATION_BATCH", "SUPPORTED_OPS", "calibrate", "convert", "export_model", "quantize_ptq"]
 
 _INT32 = np.iinfo(np.int32)
+
 # Images per calibration forward pass. Only running (min, max) pairs outlive a batch, so memory is
 # this many images' live activations whatever the calibration set's size (MobileNetV2 at 224x224:
 # about 0.55 GB above the model and the images, for 64 images as for 256).
@@ -124,12 +131,58 @@ class _Converter:
         self.tensors: dict = {}
         self.nodes: list = []
         self.alias: dict = {}          # fx node name -> QGraph value name
+        self.crossed: dict = {}        # value name -> its Quantize / Dequantize output (one per value)
         self._pending_out_scales = None
         plan.check_names(layer_names(ep.graph))
+        in_node = next(n for n in ep.graph.nodes if n.name == user_input_name(ep))
+        self.export_batch = int(in_node.meta["val"].shape[0])
 
     # ------------------------------------------------------------------ values and scales
     def value(self, node) -> qg.TensorInfo:
         return self.tensors[self.alias.get(node.name, node.name)]
+
+    def int_input(self, node) -> qg.TensorInfo:
+        """The value of ``node`` as an integer tensor: a float one is quantized (once) at the border."""
+        t = self.value(node)
+        if not t.is_float:
+            return t
+        if t.name not in self.crossed:
+            lo, hi = self._range(t.name)
+            bits = self.plan.default.act_bits
+            signed = lo < 0
+            qmax = 2 ** (bits - 1) - 1 if signed else 2 ** bits - 1
+            qmin = -qmax if signed else 0
+            q = qg.TensorInfo(f"{t.name}_q", t.shape, "int8" if signed else "uint8",
+                              self._scale(t.name, lo, hi, qmin, qmax), qmin, qmax)
+            self.tensors[q.name] = q
+            self.nodes.append(qg.Quantize(q.name, t.name, q.name, q.scale, qmin, qmax))
+            self.crossed[t.name] = q.name
+        return self.tensors[self.crossed[t.name]]
+
+    def float_input(self, node) -> str:
+        """The name of ``node``'s value as a float tensor: an integer one is dequantized (once)."""
+        t = self.value(node)
+        if t.is_float:
+            return t.name
+        if t.dtype == "int32":
+            raise UnsupportedOpError(f"value {t.name!r} is an int32 accumulator with per-channel scales; "
+                                     f"a float op cannot read it")
+        if t.name not in self.crossed:
+            f = qg.TensorInfo(f"{t.name}_f", t.shape, qg.FLOAT, 1.0, 0, 0)
+            self.tensors[f.name] = f
+            self.nodes.append(qg.Dequantize(f.name, t.name, f.name))
+            self.crossed[t.name] = f.name
+        return self.crossed[t.name]
+
+    def in_island(self, group) -> bool:
+        return group.output.name in self.floats
+
+    def float_value(self, fx_node) -> qg.TensorInfo:
+        val = fx_node.meta.get("val")
+        shape = tuple(val.shape[1:]) if isinstance(val, torch.Tensor) else ()
+        t = qg.TensorInfo(fx_node.name, shape, qg.FLOAT, 1.0, 0, 0)
+        self.tensors[t.name] = t
+        return t
 
     def _range(self, name):
         if name not in self.ranges:
@@ -163,7 +216,9 @@ class _Converter:
                                    self._scale("__input__", lo, hi, 0 if nonneg else -qmax, qmax),
                                    0 if nonneg else -qmax, qmax)
         self.tensors[inp] = self.input
-        for group in find_groups(self.ep.graph, input_nonneg=nonneg):
+        groups = find_groups(self.ep.graph, input_nonneg=nonneg)
+        self.floats = float_values(groups, lambda m: self.plan.spec_for(m).is_float)
+        for group in groups:
             getattr(self, group.kind)(group)
         outs = next(n for n in self.ep.graph.nodes if n.op == "output").args[0]
         if len(outs) != 1:
@@ -198,7 +253,9 @@ class _Converter:
     def layer(self, group):
         node, cur, name = group.anchor, group.output, group.module
         spec = self.plan.spec_for(name)
-        x_info = self.value(node.args[0])
+        if spec.is_float:
+            return self.float_layer(group)
+        x_info = self.int_input(node.args[0])
         wq, s_w, b = self._layer_weights(group)
         acc_scale = x_info.scale * s_w
         bq = torch.round(b / acc_scale) if b.is_floating_point() else b
@@ -224,9 +281,62 @@ class _Converter:
             self.nodes.append(qg.Dense(**common))
         self.alias[cur.name] = out.name
 
+    def float_layer(self, group):
+        """A conv / linear the plan keeps in fp32: BN folded in float64, then stored as float32."""
+        node, cur = group.anchor, group.output
+        x = self.float_input(node.args[0])
+        w = self.consts[node.args[1].name].detach().double()
+        b_node = node.args[2] if len(node.args) > 2 else None
+        b = self.consts[b_node.name].detach().double() if b_node is not None else torch.zeros(w.shape[0], dtype=torch.float64)
+        if group.bn is not None:
+            w, b = fold_batch_norm(group.bn, w, b, lambda n: self.consts[n.name])
+        clamp = (0.0, float("inf") if group.clamp_hi is None else group.clamp_hi) if group.nonneg else None
+        out = self.float_value(cur)
+        common = dict(name=group.module or node.name, input=x, output=out.name, weight=w.float().numpy(),
+                      bias=b.float().numpy(), clamp=clamp)
+        if node.target in CONV:
+            stride, padding, dilation = (pair(a) for a in (list(node.args[3:6]) + [1, 0, 1][len(node.args[3:6]):]))
+            groups = int(node.args[6]) if len(node.args) > 6 else 1
+            self.nodes.append(qg.FloatConv2d(stride=stride, padding=padding, dilation=dilation, groups=groups, **common))
+        else:
+            self.nodes.append(qg.FloatDense(**common))
+        self.alias[cur.name] = out.name
+
+    def float_op(self, group, why=None):
+        """Any operator as it is, in float32 (``qg.FloatOp``): its tensor inputs dequantized."""
+        node = group.anchor
+        refs: list = []
+
+        def plain(a):
+            if isinstance(a, torch.fx.Node):
+                if a.target is torch.ops.aten.sym_size.int and a.args[1] == 0:
+                    return qg.BatchSize()          # a dynamic-batch export's size arithmetic
+                if not isinstance(a.meta.get("val"), (torch.Tensor, list, tuple)):
+                    raise UnsupportedOpError(f"op {node.name!r} (module {module_name(node)!r}) takes the computed "
+                                             f"value {a.name!r}; float islands take tensors, constants and the batch size")
+                if a.name in self.consts:
+                    return self.consts[a.name].detach().numpy()
+                name = self.float_input(a)
+                refs.append(name)
+                return qg.Ref(name)
+            if isinstance(a, (list, tuple)):
+                return tuple(plain(v) for v in a)
+            return a
+
+        args = plain(node.args)
+        if node.target in BATCHED_SHAPE and len(args) > 1 and args[1] and args[1][0] == self.export_batch:
+            args = (args[0], (qg.BatchSize(), *args[1][1:]), *args[2:])
+        kwargs = tuple((k, plain(v)) for k, v in node.kwargs.items())
+        target = "getitem" if node.target is operator.getitem else str(node.target)
+        out = self.float_value(node)
+        self.nodes.append(qg.FloatOp(node.name, tuple(dict.fromkeys(refs)), out.name, target, args, kwargs,
+                                     why or group.why, module_name(node)))
+
     # ------------------------------------------------------------------ other ops
     def add(self, group):
         node, cur = group.anchor, group.output
+        if self.in_island(group):
+            return self._float_chain(group, "an input is float")
         ia, ib = self.value(node.args[0]), self.value(node.args[1])
         out = self.new_value(cur, self.plan.default.act_bits, group.nonneg, group.clamp_hi)
         M, n = common_shift([ia.scale / out.scale, ib.scale / out.scale])
@@ -235,6 +345,8 @@ class _Converter:
 
     def global_pool(self, group):
         node = group.anchor
+        if self.in_island(group):
+            return self.float_op(group, "its input is float")
         ix = self.value(node.args[0])
         out = self.new_value(node, self.plan.default.act_bits, group.nonneg)
         hw = ix.shape[1] * ix.shape[2]
@@ -250,18 +362,24 @@ class _Converter:
         kernel = pair(args[1])
         stride = pair(args[2]) if args[2] else kernel
         padding = pair(args[3] if args[3] is not None else 0)
+        if self.in_island(group):
+            return self.float_op(group, "its input is float")
         ix = self.value(node.args[0])
         self._same_scale(node, ix, tuple(node.meta["val"].shape[1:]))
         self.nodes.append(qg.MaxPool2d(node.name, ix.name, node.name, kernel, stride, padding))
 
     def flatten(self, group):
         node = group.anchor
+        if self.in_island(group):
+            return self.float_op(group, "its input is float")
         ix = self.value(node.args[0])
         self._same_scale(node, ix, tuple(node.meta["val"].shape[1:]))
         self.nodes.append(qg.Flatten(node.name, ix.name, node.name))
 
     def clamp(self, group):
         node = group.anchor
+        if self.in_island(group):
+            return self.float_op(group, "its input is float")
         ix = self.value(node.args[0])
         hi = ix.qmax
         if node.target in HARDTANH:
@@ -273,6 +391,13 @@ class _Converter:
     def identity(self, group):
         node = group.anchor
         self.alias[node.name] = self.alias.get(node.args[0].name, node.args[0].name)
+
+    def _float_chain(self, group, why):
+        """A fused group (an add with its ReLU) run in float: one ``FloatOp`` per node."""
+        for n in group_nodes(group):
+            self.float_op(Group(FLOAT_OP, n, n), why)
+        if group.output is not group.anchor:
+            self.alias[group.output.name] = group.output.name
 
     def _same_scale(self, node, ix, shape):
         self.tensors[node.name] = qg.TensorInfo(node.name, shape, ix.dtype, ix.scale, ix.qmin, ix.qmax)

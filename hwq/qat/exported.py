@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import operator
 import re
 
 import torch
@@ -122,11 +121,17 @@ def module_name(node: torch.fx.Node) -> str:
     return path.split("L['self'].")[-1].replace("L__self___", "")
 
 
+# ops whose shape argument holds the batch size (a graph exported at one batch, run at another)
+BATCHED_SHAPE = {torch.ops.aten.view.default, torch.ops.aten.reshape.default, torch.ops.aten._unsafe_view.default,
+                 torch.ops.aten.expand.default}
+
+
 @torch.no_grad()
 def run_graph(ep: ExportedProgram, x: torch.Tensor, record=None) -> torch.Tensor:
     """Execute ``ep``'s graph node by node in float; ``record(node, value)`` sees every value.
 
-    Each value is dropped right after its last reader (as the code ``torch.fx`` generates does), so
+    ``x`` may have another batch size than the export's example: a reshape's leading dimension
+    follows it. Each value is dropped right after its last reader (as the code ``torch.fx`` generates does), so
     memory holds the values live at one point of one batch: keeping all of them, MobileNetV2 held
     about 90 MB per 224x224 image.
     """
@@ -135,16 +140,20 @@ def run_graph(ep: ExportedProgram, x: torch.Tensor, record=None) -> torch.Tensor
     inp = user_input_name(ep)
     nodes = list(ep.graph.nodes)
     last_reader = {arg: i for i, node in enumerate(nodes) for arg in node.all_input_nodes}
+    in_val = next(n for n in nodes if n.name == inp).meta.get("val")
+    export_batch = int(in_val.shape[0]) if isinstance(in_val, torch.Tensor) else None
     for i, node in enumerate(nodes):
         if node.op == "placeholder":
             env[node.name] = x if node.name == inp else consts[node.name]
         elif node.op == "call_function":
             args = torch.fx.node.map_arg(node.args, lambda n: env[n.name])
             kwargs = torch.fx.node.map_arg(node.kwargs, lambda n: env[n.name])
+            if node.target in BATCHED_SHAPE and len(x) != export_batch and args[1] and args[1][0] == export_batch:
+                args = (args[0], [len(x), *args[1][1:]], *args[2:])
             env[node.name] = node.target(*args, **kwargs)
         elif node.op == "output":
             return torch.fx.node.map_arg(node.args[0], lambda n: env[n.name])[0]
-        if record is not None and node.op == "call_function" and node.target is not operator.getitem:
+        if record is not None and node.op == "call_function":
             record(node, env[node.name])
         for arg in [*node.all_input_nodes, node]:
             if last_reader.get(arg, i) == i and arg.op == "call_function":

@@ -3,10 +3,13 @@
 Convolutions run in float64, which is exact for these integer operands: every product is below
 2^15 and every partial sum below 2^53 (checked), so the result equals int64 arithmetic. Everything
 after the accumulator (bias, requantization, clamps, residual adds) runs in int64 following
-``hwq.fixed_point``. Any backend that claims to implement a ``QGraph`` must match this bit for bit.
+``hwq.fixed_point``. Any backend that claims to implement a ``QGraph`` must match this bit for bit. Float islands run
+in float32 with torch's own operators (see ``hwq.qgraph`` for how far a backend may differ there).
 """
 
 from __future__ import annotations
+
+import operator
 
 import numpy as np
 import torch
@@ -25,7 +28,9 @@ def quantize_input(graph: qg.QGraph, x: torch.Tensor) -> torch.Tensor:
 
 
 def dequantize_output(graph: qg.QGraph, y: torch.Tensor) -> torch.Tensor:
-    """Integer output -> float32 (per channel for an int32 accumulator output)."""
+    """Integer output -> float32 (per channel for an int32 accumulator output); a float output as it is."""
+    if graph.output_info.is_float:
+        return y.float()
     if graph.output_scales is not None:
         return (y.double() * torch.from_numpy(graph.output_scales)).float()
     return (y.double() * graph.output_info.scale).float()
@@ -73,6 +78,55 @@ def _max_pool(x, node: qg.MaxPool2d, qmin):
     return F.max_pool2d(xp, node.kernel, node.stride).to(torch.int64)
 
 
+def _quantize(x, node: qg.Quantize):
+    q = torch.round(x.float() / torch.tensor(node.scale, dtype=torch.float32))
+    return q.clamp(node.qmin, node.qmax).to(torch.int64)
+
+
+def _clamp(y, clamp):
+    return y if clamp is None else y.clamp(clamp[0], clamp[1])
+
+
+def _float_conv(x, node: qg.FloatConv2d):
+    y = F.conv2d(x, torch.from_numpy(node.weight), torch.from_numpy(node.bias), node.stride, node.padding,
+                 node.dilation, node.groups)
+    return _clamp(y, node.clamp)
+
+
+def _float_dense(x, node: qg.FloatDense):
+    return _clamp(F.linear(x, torch.from_numpy(node.weight), torch.from_numpy(node.bias)), node.clamp)
+
+
+def aten_op(target: str):
+    """The callable behind a ``FloatOp.target`` (``"aten.sigmoid.default"``, or ``"getitem"``)."""
+    if target == "getitem":
+        return operator.getitem
+    parts = target.split(".")
+    op = torch.ops
+    try:
+        for p in parts:
+            op = getattr(op, p)
+    except AttributeError:
+        raise ConfigError(f"FloatOp target {target!r} is not an operator of this torch") from None
+    return op
+
+
+def _float_op(env, node: qg.FloatOp, batch: int):
+    def value(a):
+        if isinstance(a, qg.Ref):
+            return env[a.name]
+        if isinstance(a, qg.BatchSize):
+            return batch
+        if isinstance(a, np.ndarray):
+            return torch.from_numpy(a)
+        if isinstance(a, tuple):
+            return [value(v) for v in a]
+        return a
+    # a view may read a permuted tensor whose ``contiguous`` the graph dropped as an identity
+    target = "aten.reshape.default" if node.target in ("aten.view.default", "aten._unsafe_view.default") else node.target
+    return aten_op(target)(*[value(a) for a in node.args], **{k: value(v) for k, v in node.kwargs})
+
+
 @torch.no_grad()
 def run_reference(graph: qg.QGraph, x_int: torch.Tensor) -> torch.Tensor:
     """Run the integer program on an integer input (N, ...) and return the integer output (int64).
@@ -102,6 +156,16 @@ def run_reference(graph: qg.QGraph, x_int: torch.Tensor) -> torch.Tensor:
             y = env[node.input].clamp(node.qmin, node.qmax)
         elif node.op == "flatten":
             y = env[node.input].flatten(1)
+        elif node.op == "dequantize":
+            y = env[node.input].float() * torch.tensor(graph.tensors[node.input].scale, dtype=torch.float32)
+        elif node.op == "quantize":
+            y = _quantize(env[node.input], node)
+        elif node.op == "float_conv2d":
+            y = _float_conv(env[node.input], node)
+        elif node.op == "float_dense":
+            y = _float_dense(env[node.input], node)
+        elif node.op == "float":
+            y = _float_op(env, node, len(x_int))
         else:
             raise ConfigError(f"QGraph node {node.name!r} has unknown op {node.op!r}")
         env[node.output] = y

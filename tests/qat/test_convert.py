@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from conftest import calibrated_graph, zoo_models
-from hwq.errors import ConfigError, UnsupportedOpError
+from hwq.errors import ConfigError
 from hwq.plan import BitPlan, LayerSpec
 from hwq.qat import quantize_ptq, run_reference
 from hwq.qat.reference import dequantize_output, quantize_input
@@ -50,7 +50,7 @@ def test_lower_bit_plan_narrows_ranges():
     assert np.abs(node.weight).max() == 7 and graph.tensors[node.output].qmax == 15
 
 
-def test_unsupported_op_names_op_and_choices():
+def test_op_without_integer_form_becomes_a_float_island():
     class Sig(torch.nn.Module):
         def __init__(self):
             super().__init__()
@@ -59,8 +59,10 @@ def test_unsupported_op_names_op_and_choices():
         def forward(self, x):
             return torch.sigmoid(self.c(x))
 
-    with pytest.raises(UnsupportedOpError, match=r"sigmoid.*supported: .*conv2d"):
-        quantize_ptq(Sig().eval(), torch.rand(4, 1, 8, 8))
+    graph = quantize_ptq(Sig().eval(), torch.rand(4, 1, 8, 8))
+    assert [n.op for n in graph.nodes] == ["conv2d", "dequantize", "float"]
+    assert graph.output_info.is_float and "sigmoid" in graph.summary() and "no integer form" in graph.summary()
+    assert [n.name for n, _ in graph.float_nodes()] == ["sigmoid"]
 
 
 def test_plan_with_unknown_layer_is_rejected():

@@ -7,7 +7,7 @@ import torch
 from torch.utils.data import TensorDataset
 
 from conftest import zoo_models
-from hwq.errors import ConfigError, UnsupportedOpError
+from hwq.errors import ConfigError
 from hwq.plan import BitPlan, LayerSpec
 from hwq.qat import QATConfig, float_mode, quant_layers, quantize_, quantize_ptq, run_reference, train_constrained
 from hwq.qat.api import act_quantizers
@@ -102,9 +102,5 @@ def test_errors_name_the_bad_value():
     with pytest.raises(ConfigError, match="fixed at prepare"):
         quantize_(prepared, BitPlan(default=LayerSpec(4, 4)), step="convert")
 
-    class Sig(torch.nn.Module):
-        def forward(self, x):
-            return torch.sigmoid(x)
-
-    with pytest.raises(UnsupportedOpError, match="sigmoid"):
-        quantize_(Sig(), calibration=x)
+    with pytest.raises(ConfigError, match="BitPlan.default must be an integer option"):
+        quantize_(model, BitPlan(default=LayerSpec.parse("fp32")), calibration=x)
