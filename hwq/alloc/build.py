@@ -21,8 +21,9 @@ import numpy as np
 from hwq import qgraph as qg
 from hwq.alloc.problem import Group, Interaction, Problem
 from hwq.cost.estimate import CostModel
-from hwq.cost.glue import glue_ops
-from hwq.cost.options import Option, act_span, kernel_for, layer_options
+from hwq.cost.glue import graph_ops, layer_ops
+from hwq.cost.options import has_kernels
+from hwq.cost.options import Option, layer_options, option_kernel, output_bits
 from hwq.cost.workload import Workload
 from hwq.errors import ConfigError
 from hwq.plan import BitPlan, LayerSpec
@@ -122,6 +123,7 @@ def build_allocation(graph: qg.QGraph, model: CostModel, losses, batch: int = 1,
             raise ConfigError(f"tied layers {members} have no option in common on {target.name!r}")
         options.append(common)
     producer = _producer_layer(graph)
+    nhwc = has_kernels(target)
     own = [np.zeros(len(o)) for o in options]
     pair: dict = {}
     for name in names:
@@ -129,18 +131,19 @@ def build_allocation(graph: qg.QGraph, model: CostModel, losses, batch: int = 1,
         g = layer_group[name]
         signed = graph.tensors[node.input].dtype == "int8"
 
-        def cost(option, in_bits):
-            k = kernel_for(wl, target, 2 ** (option.weight_bits - 1) - 1, act_span(in_bits, signed))
-            return model.in_model_ms(wl, k, batch)
+        def cost(option, in_bits, node=node, wl=wl, signed=signed):
+            # the kernel in the model, and the glue it brings (pads, shifts, float borders, an unfused add)
+            k = option_kernel(wl, target, option, in_bits, signed)
+            return model.in_model_ms(wl, k, batch) + model.extra_glue_ms(layer_ops(graph, node, k, wl, nhwc), batch)
 
         p = producer.get(name)
         if p is None:
             own[g] += [cost(o, default.act_bits) for o in options[g]]
         elif layer_group[p] == g:     # tied to its producer: both pick the same option
-            own[g] += [cost(o, o.act_bits) for o in options[g]]
+            own[g] += [cost(o, output_bits(o, default.act_bits)) for o in options[g]]
         else:
             pg = layer_group[p]
-            table = np.array([[cost(o, po.act_bits) for o in options[g]] for po in options[pg]])
+            table = np.array([[cost(o, output_bits(po, default.act_bits)) for o in options[g]] for po in options[pg]])
             pair[(pg, g)] = pair.get((pg, g), 0) + table
     groups = []
     for g, members in enumerate(groups_layers):
@@ -151,13 +154,13 @@ def build_allocation(graph: qg.QGraph, model: CostModel, losses, batch: int = 1,
         groups.append(Group(members[0] if len(members) == 1 else "+".join(members), tuple(o.name for o in options[g]),
                             tuple(own[g]), tuple(loss), tuple(weight), tuple(members)))
     interactions = tuple(Interaction(a, b, tuple(map(tuple, t))) for (a, b), t in sorted(pair.items()))
-    base, _ = model.glue(glue_ops(graph, BitPlan(default=default), target), batch)
+    base, _ = model.glue(graph_ops(graph, target), batch)
     return Allocation(Problem(tuple(groups), interactions, base), layer_group, tuple(options), default)
 
 
 def _weight_bytes(wl: Workload, target, option: Option) -> float:
     """Stored weight bytes of a layer at ``option``: 4-bit weights are packed where a kernel packs them."""
-    k = kernel_for(wl, target, 2 ** (option.weight_bits - 1) - 1, 255)
+    k = option_kernel(wl, target, option)
     return wl.weight_elems() * k.weight_bits / 8
 
 

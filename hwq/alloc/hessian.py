@@ -78,7 +78,7 @@ def _perturbations(model, layers: dict, options: dict, batches: list) -> dict:
     for name, layer in layers.items():
         for o in options[name]:
             with layer_option(layer, o):
-                dw = float((layer.weight_fq(layer.weight) - layer.weight).double().pow(2).sum())
+                dw = 0.0 if o.is_float else float((layer.weight_fq(layer.weight) - layer.weight).double().pow(2).sum())
             out[name][option_name(o)] = [dw, 0.0]
     acts = [layer for layer in layers.values() if layer.out_fq is not None]
     with recording(acts) as seen:

@@ -35,7 +35,17 @@ def layer_option(layer: QuantLayer, spec: LayerSpec):
 
     A layer whose int32 accumulator is the model's output has no output quantizer: ``act_bits``
     then changes nothing. A quantizer already at the requested width is left exactly as it is.
+    ``fp32`` runs the float weights and bias and keeps the output quantizer as it is (an integer
+    reader quantizes the float output at the plan's default width, which that quantizer has).
     """
+    if spec.is_float:
+        old = layer.float_weights
+        layer.float_weights = True
+        try:
+            yield layer
+        finally:
+            layer.float_weights = old
+        return
     saved = []
     try:
         wfq = layer.weight_fq

@@ -30,6 +30,7 @@ from hwq.alloc.build import Allocation
 from hwq.alloc.layer_bits import layer_option, named_layers
 from hwq.alloc.problem import Problem
 from hwq.alloc.solve import feasibility_tolerance, solve_exact
+from hwq.cost.options import output_bits
 from hwq.plan import BitPlan, LayerSpec
 from hwq.qat.modules import QuantLayer
 
@@ -107,7 +108,8 @@ class BudgetRelaxation(nn.Module):
             out = 0.0
             with contextlib.ExitStack() as stack:
                 if src_group is not None:     # the producer's weights are at their width already: untouched
-                    width = self._specs[src_group][int(self.logits[src_group].argmax())].act_bits
+                    width = output_bits(self._specs[src_group][int(self.logits[src_group].argmax())],
+                                        self.allocation.default.act_bits)
                     stack.enter_context(layer_option(src, LayerSpec(src.weight_fq.spec.bits, width)))
                 for k, spec in enumerate(specs):
                     with layer_option(layer, spec):

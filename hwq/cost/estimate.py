@@ -21,7 +21,7 @@ from hwq import qgraph as qg
 from hwq.cost.calibrate import fit_glue, fit_kernels
 from hwq.cost.glue import GlueOp, glue_ops
 from hwq.cost.machine import resolve_host
-from hwq.cost.options import KernelFamily, Option, act_span, kernel_for, plan_layers
+from hwq.cost.options import KernelFamily, Option, option_kernel, plan_layers
 from hwq.cost.roofline import Estimate, roofline
 from hwq.cost.table import LatencyTable, find_table
 from hwq.cost.workload import Workload
@@ -91,8 +91,7 @@ class CostModel:
     def estimate(self, workload: Workload, option: Option, batch: int = 1, input_bits: int = 8,
                  input_signed: bool = False) -> Estimate:
         """One layer at ``option`` whose input is ``input_bits`` wide (its producer's option)."""
-        k = kernel_for(workload, self.target, 2 ** (option.weight_bits - 1) - 1, act_span(input_bits, input_signed))
-        return self.kernel(workload, k, batch)
+        return self.kernel(workload, option_kernel(workload, self.target, option, input_bits, input_signed), batch)
 
     def glue(self, ops: list[GlueOp], batch: int = 1, kernels_memory_ms: float = 0.0) -> tuple[float, str]:
         """Milliseconds of a model's glue operators, one per-call overhead and what its kernels pay
@@ -101,6 +100,10 @@ class CostModel:
         if self.glue_fit is not None:
             return self.glue_fit.predict(len(ops), mb, kernels_memory_ms), "calibrated"
         return len(ops) * _DEFAULT_LAUNCH_MS + mb / self.target.memory.bandwidth_gbs, "roofline"
+
+    def extra_glue_ms(self, ops: list[GlueOp], batch: int = 1) -> float:
+        """What ``ops`` add to a model's glue (their launches and traffic, not the per-call overhead)."""
+        return self.glue(ops, batch)[0] - self.glue([], batch)[0]
 
     def plan_glue(self, graph: qg.QGraph, plan: BitPlan, batch: int = 1) -> tuple[float, str, int]:
         """``(ms, source, operators)`` of the glue of ``graph`` under ``plan``."""

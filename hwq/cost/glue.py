@@ -37,45 +37,53 @@ def _round_up(v: int, m: int) -> int:
     return (v + m - 1) // m * m
 
 
-def glue_ops(graph: qg.QGraph, plan: BitPlan, target: Target) -> list[GlueOp]:
-    """The glue operators of ``graph`` lowered with ``plan`` for ``target`` (features resolved)."""
-    nhwc = has_kernels(target)
-    choices = {c.name: c for c in plan_layers(graph, plan, target)}
-    fused = set()
-    if nhwc:
-        fusable = qg.fusable_adds(graph)
-        for conv_out, (add, _) in fusable.items():
-            node = next(n for n in graph.nodes if n.output == conv_out)
-            c = choices[node.name]
-            if c.kernel.name not in ("cpu-depthwise", "generic") and node.weight.shape[0] % c.kernel.block == 0:
-                fused.add(add.name)
+def layer_ops(graph: qg.QGraph, node, kernel, workload, nhwc: bool) -> list[GlueOp]:
+    """The glue a conv / dense layer brings with ``kernel``: the shift and pad of its input, the
+    slice of padded output channels, an fp32 layer's dequantize / quantize borders, and the residual
+    add that reads its output when its kernel cannot take that add into its epilogue."""
     t = graph.tensors
+    k, wl = kernel, workload
+    ops = []
+    n_in = _elems(t[node.input].shape)
+    if k.dtype == "fp32":
+        # float32 <-> byte at the island's borders: 5 bytes per element each; the kernel pads inside
+        ops.append(GlueOp(node.name, "dequantize", 5.0 * n_in))
+        if node.requant is not None:
+            ops.append(GlueOp(node.name, "quantize", 5.0 * _elems(t[node.output].shape)))
+    elif k.name not in ("cpu-depthwise", "generic") and not (     # those pad themselves / are priced whole
+            wl.op == "conv2d" and wl.in_channels < 4 and wl.kernel[0] * wl.kernel[1] > 1):   # im2col: timed with it
+        if t[node.input].dtype != k.in_dtype or (k.pair_bound and t[node.input].dtype == "int8"):
+            ops.append(GlueOp(node.name, "shift", 2.0 * n_in))
+        ph, pw = wl.padding if wl.op == "conv2d" else (0, 0)
+        cin_p = _round_up(wl.in_channels, 4)
+        if ph or pw or cin_p != wl.in_channels:
+            _, h, w = wl.in_shape if wl.op == "conv2d" else (wl.in_channels, 1, 1)
+            ops.append(GlueOp(node.name, "pad", n_in + (h + 2 * ph) * (w + 2 * pw) * cin_p))
+        cout = wl.out_channels
+        if cout % k.block:
+            oh, ow = wl.out_hw
+            ops.append(GlueOp(node.name, "slice", oh * ow * (cout + _round_up(cout, k.block))))
+    fusable = qg.fusable_adds(graph) if nhwc else {}
+    if node.output in fusable:
+        fuses = k.dtype != "fp32" and k.name not in ("cpu-depthwise", "generic") and node.weight.shape[0] % k.block == 0
+        if not fuses:
+            add = fusable[node.output][0]
+            ops.append(GlueOp(add.name, "add", 3.0 * _elems(t[add.output].shape)))
+    return ops
+
+
+def graph_ops(graph: qg.QGraph, target: Target) -> list[GlueOp]:
+    """The glue that does not depend on any layer's option: input quantize, layout moves, pools,
+    the adds no conv could fuse, the output dequantize."""
+    nhwc = has_kernels(target)
+    t = graph.tensors
+    attributed = {add.name for add, _ in (qg.fusable_adds(graph) if nhwc else {}).values()}
     ops = [GlueOp("input", "quantize", 5.0 * _elems(graph.input.shape))]     # float32 read, byte written
     if nhwc:
         ops.append(GlueOp("input", "layout", 2.0 * _elems(graph.input.shape)))
     for node in graph.nodes:
-        if node.op in ("conv2d", "dense"):
-            c = choices[node.name]
-            k, wl = c.kernel, c.workload
-            if k.name in ("cpu-depthwise", "generic"):
-                continue     # the depthwise kernel pads itself; generic ops are priced as their kernel
-            n_in = _elems(t[node.input].shape)
-            if wl.op == "conv2d" and wl.in_channels < 4 and wl.kernel[0] * wl.kernel[1] > 1:
-                continue     # im2col: its gather is timed with the kernel
-            shift = t[node.input].dtype != k.in_dtype or (k.pair_bound and t[node.input].dtype == "int8")
-            if shift:
-                ops.append(GlueOp(node.name, "shift", 2.0 * n_in))
-            ph, pw = wl.padding if wl.op == "conv2d" else (0, 0)
-            cin_p = _round_up(wl.in_channels, 4)
-            if ph or pw or cin_p != wl.in_channels:
-                _, h, w = wl.in_shape if wl.op == "conv2d" else (wl.in_channels, 1, 1)
-                ops.append(GlueOp(node.name, "pad", n_in + (h + 2 * ph) * (w + 2 * pw) * cin_p))
-            cout = wl.out_channels
-            if cout % k.block:
-                oh, ow = wl.out_hw
-                ops.append(GlueOp(node.name, "slice", oh * ow * (cout + _round_up(cout, k.block))))
-        elif node.op == "add":
-            if node.name not in fused:
+        if node.op == "add":
+            if node.name not in attributed:                 # else the conv's layer_ops count it
                 ops.append(GlueOp(node.name, "add", 3.0 * _elems(t[node.output].shape)))
         elif node.op in ("global_avg_pool", "max_pool2d", "clamp"):
             ops.append(GlueOp(node.name, node.op, _elems(t[node.input].shape) + _elems(t[node.output].shape)))
@@ -86,4 +94,17 @@ def glue_ops(graph: qg.QGraph, plan: BitPlan, target: Target) -> list[GlueOp]:
     ops.append(GlueOp(graph.output, "dequantize", (width + 4.0) * _elems(out.shape)))
     if nhwc and len(out.shape) == 3:
         ops.append(GlueOp(graph.output, "layout", 2.0 * width * _elems(out.shape)))
+    return ops
+
+
+def glue_ops(graph: qg.QGraph, plan: BitPlan, target: Target) -> list[GlueOp]:
+    """The glue operators of ``graph`` lowered with ``plan`` for ``target`` (features resolved):
+    ``graph_ops`` plus each layer's ``layer_ops`` with the kernel the plan gives it."""
+    nhwc = has_kernels(target)
+    choices = {c.name: c for c in plan_layers(graph, plan, target)}
+    ops = graph_ops(graph, target)
+    for node in graph.nodes:
+        if node.op in ("conv2d", "dense"):
+            c = choices[node.name]
+            ops += layer_ops(graph, node, c.kernel, c.workload, nhwc)
     return ops

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from hwq.cost.workload import Workload
 from hwq.errors import ConfigError
-from hwq.plan import BitPlan, LayerSpec
+from hwq.plan import FLOAT_BITS, BitPlan, LayerSpec
 from hwq.target import Target
 
 INT16_MAX = 32767
@@ -52,6 +52,7 @@ class KernelFamily:
     weight_bits: int = 8
     pair_bound: int = 0
     weight_max: int = 0
+    dtype: str = "int8"     # the arithmetic: "int8" (any integer width), or "fp32" (a float layer)
 
     def takes(self, workload: Workload, target: Target, weight_absmax: int, act_span: int) -> bool:
         """Whether this kernel runs ``workload`` exactly on ``target`` for these integer ranges."""
@@ -61,6 +62,8 @@ class KernelFamily:
             return False
         if workload.op == "conv2d" and workload.groups != 1:
             return False
+        if self.dtype == "fp32":
+            return True
         if workload.op == "depthwise" and workload.in_channels % 16:
             return False
         if self.weight_max and weight_absmax > self.weight_max:
@@ -87,7 +90,15 @@ KERNELS = (
     KernelFamily("cuda-dp4a", "cuda", "dp4a", _DOT, 4, "int8"),
 )
 GENERIC = KernelFamily("generic", "any", "", ("conv2d", "depthwise", "dense"), 1, "any")
-_BY_NAME = {k.name: k for k in (*KERNELS, GENERIC)}
+_ALL_OPS = ("conv2d", "depthwise", "dense")
+# hwq.lower.kernels.fp32_conv: FMA over output-channel vectors of the widest ISA the CPU has
+FLOAT_KERNELS = (
+    KernelFamily("fp32-avx512", "cpu", "avx512", _ALL_OPS, 16, "float32", weight_bits=32, dtype="fp32"),
+    KernelFamily("fp32-avx2", "cpu", "avx2", _ALL_OPS, 8, "float32", weight_bits=32, dtype="fp32"),
+    KernelFamily("fp32-neon", "cpu", "neon", _ALL_OPS, 4, "float32", weight_bits=32, dtype="fp32"),
+)
+GENERIC_FP32 = KernelFamily("generic-fp32", "any", "", _ALL_OPS, 1, "float32", weight_bits=32, dtype="fp32")
+_BY_NAME = {k.name: k for k in (*KERNELS, GENERIC, *FLOAT_KERNELS, GENERIC_FP32)}
 # per target kind, the features for which hwq has NHWC kernels (without one: generic NCHW operators)
 NHWC_FEATURES = {"cpu": ("avx512vnni", "avx2", "dotprod", "neon"), "cuda": ("dp4a",)}
 
@@ -121,6 +132,32 @@ def kernel_for(workload: Workload, target: Target, weight_absmax: int, act_max: 
     return GENERIC
 
 
+def float_kernel_for(workload: Workload, target: Target) -> KernelFamily:
+    """The kernel that runs ``workload`` in float32 on ``target`` (an ``fp32`` layer):
+    :data:`GENERIC_FP32` where hwq has no float kernel for it."""
+    if has_kernels(target):
+        for k in FLOAT_KERNELS:
+            if k.takes(workload, target, 0, 0):
+                return k
+    return GENERIC_FP32
+
+
+def option_kernel(workload: Workload, target: Target, option, input_bits: int = 8,
+                  input_signed: bool = False) -> KernelFamily:
+    """The kernel a layer runs at ``option`` (an ``Option`` or ``LayerSpec``) when its input is
+    ``input_bits`` wide (its producer's output): the one question the cost model, the allocator
+    and the profiler ask."""
+    if option.weight_bits == FLOAT_BITS:
+        return float_kernel_for(workload, target)
+    return kernel_for(workload, target, 2 ** (option.weight_bits - 1) - 1, act_span(input_bits, input_signed))
+
+
+def output_bits(option, default_act_bits: int) -> int:
+    """The width of a layer's output as the layers reading it see it: an fp32 layer's float output
+    is quantized at the plan's default activation width where an integer layer reads it."""
+    return default_act_bits if option.weight_bits == FLOAT_BITS else option.act_bits
+
+
 @dataclass(frozen=True)
 class Option:
     """A precision option of one layer: its ``LayerSpec`` under a short name (``"w7a8"``)."""
@@ -147,12 +184,14 @@ class Option:
 
 
 W8A8 = Option(8, 8)
+FP32 = Option(FLOAT_BITS, FLOAT_BITS)
 
 
 def layer_options(workload: Workload, target: Target, output_quantized: bool = True) -> tuple[Option, ...]:
     """The options ``target`` offers for a layer of this shape, the most precise first.
 
-    Only options that change speed somewhere are offered: on a CPU with VNNI, ``sdot`` or NEON
+    Every CPU with hwq's float kernels (AVX2, AVX-512, NEON) offers ``fp32`` (float weights and
+    output: exact, and slower). Otherwise only options that change speed somewhere are offered: on a CPU with VNNI, ``sdot`` or NEON
     (and on CUDA's dp4a) every width runs the same 8-bit kernel, so narrower widths would only
     lose accuracy. On AVX2 without VNNI: ``w7a8`` (``vpmaddubsw``, exact for 7-bit weights),
     ``w4a8`` (packed 4-bit weights, half the weight bytes), ``w8a4`` (a 4-bit output lets the
@@ -160,8 +199,9 @@ def layer_options(workload: Workload, target: Target, output_quantized: bool = T
     is the graph's int32 logits (``output_quantized=False``) has no output width to choose, and a
     depthwise layer's kernel does not depend on its weights' width.
     """
+    floats = (FP32,) if float_kernel_for(workload, target) is not GENERIC_FP32 else ()
     if not (target.kind == "cpu" and "avx2" in target.features and "avx512vnni" not in target.features):
-        return (W8A8,)
+        return (FP32, W8A8) if floats else (W8A8,)
     if workload.op == "depthwise":
         opts = (W8A8, Option(8, 4))
     elif workload.op == "conv2d" and workload.groups != 1:
@@ -170,17 +210,19 @@ def layer_options(workload: Workload, target: Target, output_quantized: bool = T
         opts = (W8A8, Option(7, 8), Option(4, 8), Option(8, 4), Option(4, 4))
     if not output_quantized:
         opts = tuple(dict.fromkeys(Option(o.weight_bits, 8) for o in opts))
-    return opts
+    return floats + opts
 
 
 def tensor_bits(graph, plan: BitPlan) -> dict:
     """``{tensor name: bits}`` of every activation of ``graph`` when quantized with ``plan``: a
-    conv / dense output has its layer's ``act_bits``, an add's or a pool's the plan's default, the
-    model input 8; max-pool, clamp and flatten keep their input's width."""
+    conv / dense output has its layer's ``act_bits`` (an fp32 layer's is quantized at the plan's
+    default where an integer layer reads it), an add's or a pool's the plan's default, the model
+    input 8; max-pool, clamp and flatten keep their input's width."""
     bits = {graph.input.name: 8}
     for node in graph.nodes:
         if node.op in ("conv2d", "dense"):
-            bits[node.output] = plan.spec_for(node.name).act_bits
+            spec = plan.spec_for(node.name)
+            bits[node.output] = plan.default.act_bits if spec.is_float else spec.act_bits
         elif node.op in ("add", "global_avg_pool"):
             bits[node.output] = plan.default.act_bits
         else:
@@ -212,6 +254,6 @@ def plan_layers(graph, plan: BitPlan, target: Target) -> list[LayerChoice]:
         wl = Workload.of(node, graph.tensors[node.input].shape)
         signed = graph.tensors[node.input].dtype == "int8"
         in_bits = bits[node.input]
-        kernel = kernel_for(wl, target, 2 ** (spec.weight_bits - 1) - 1, act_span(in_bits, signed))
+        kernel = option_kernel(wl, target, spec, in_bits, signed)
         out.append(LayerChoice(node.name, wl, Option(spec.weight_bits, spec.act_bits), in_bits, signed, kernel))
     return out

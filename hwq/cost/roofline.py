@@ -58,6 +58,10 @@ def traffic(workload: Workload, kernel: KernelFamily, batch: int) -> tuple[float
     oh, ow = workload.out_hw
     kh, kw = workload.kernel
     cin, cout = workload.in_channels, workload.out_channels
+    if kernel.dtype == "fp32":
+        cout_p = cout if workload.op == "depthwise" or kernel.name == "generic-fp32" else _round_up(cout, kernel.block)
+        ops = 2.0 * batch * oh * ow * cout_p * workload.reduction
+        return ops, 4.0 * (cout_p * workload.reduction + workload.in_elems(batch) + batch * oh * ow * cout_p)
     if kernel.name in ("cpu-depthwise", "generic"):
         reduction, cout_p = workload.reduction, cout
     elif workload.op == "conv2d" and cin < 4 and kh * kw > 1:
@@ -74,7 +78,7 @@ def parallel_share(workload: Workload, kernel: KernelFamily, target: Target) -> 
     """The fraction of the target's cores a kernel keeps busy. hwq's CPU kernels split the output
     rows among the cores (one parallel region per call, whatever the batch): 7 rows on 2 cores
     leave one core idle an eighth of the time, and a dense layer (one row) runs on one core."""
-    if kernel.kind != "cpu" or kernel.name == "generic":
+    if kernel.kind != "cpu" or kernel.name.startswith("generic"):
         return 1.0
     rows, units = workload.out_hw[0], target.compute.units
     return rows / (units * -(-rows // units))
@@ -90,7 +94,8 @@ def roofline(workload: Workload, kernel: KernelFamily, target: Target, batch: in
     and moves 1 MiB of weights (105 us): memory bound.
     """
     ops, nbytes = traffic(workload, kernel, batch)
-    compute_ms = ops / (target.peak_ops_per_s("int8") * parallel_share(workload, kernel, target)) * 1e3
+    peak = target.peak_ops_per_s("fp32" if kernel.dtype == "fp32" else "int8")
+    compute_ms = ops / (peak * parallel_share(workload, kernel, target)) * 1e3
     memory_ms = nbytes / (target.memory.bandwidth_gbs * 1e9) * 1e3
     return Estimate(max(compute_ms, memory_ms), ops, nbytes, compute_ms, memory_ms, "roofline",
                     f"roofline of target file {target.name!r}", kernel.name)

@@ -19,12 +19,13 @@ from tqdm import tqdm
 from hwq import qgraph as qg
 from hwq.cost import glue as cost_glue
 from hwq.cost.estimate import CostModel
-from hwq.cost.options import GENERIC, KernelFamily, act_span, kernel_for, layer_options
+from hwq.cost.options import GENERIC, GENERIC_FP32, KernelFamily, kernel_for, layer_options, option_kernel
 from hwq.cost.roofline import traffic
 from hwq.cost.table import LatencyTable, Measurement
 from hwq.cost.workload import Workload
 from hwq.lower.device import LocalDevice, time_function, time_vm
 from hwq.lower.kernels import select_kernel
+from hwq.lower.kernels.fp32_conv import float_conv_kernel, float_dense_kernel
 from hwq.lower.tvm_target import to_tvm_target
 from hwq.plan import BitPlan
 from hwq.target import Target
@@ -45,13 +46,42 @@ def kernel_workloads(graphs, target: Target) -> list[tuple[Workload, KernelFamil
             wl = Workload.of(node, graph.tensors[node.input].shape)
             signed = graph.tensors[node.input].dtype == "int8"
             opts = layer_options(wl, target)
-            in_bits = {8} | {o.act_bits for o in opts}
+            in_bits = {8} | {o.act_bits for o in opts if o.act_bits <= 8}
             for o in opts:
                 for b in sorted(in_bits):
-                    k = kernel_for(wl, target, 2 ** (o.weight_bits - 1) - 1, act_span(b, signed))
-                    if k is not GENERIC:
+                    k = option_kernel(wl, target, o, b, signed)
+                    if k not in (GENERIC, GENERIC_FP32):
                         out.setdefault((wl.key, k.name), (wl, k))
     return list(out.values())
+
+
+def _float_layer(wl: Workload, kernel: KernelFamily, target: Target, rng):
+    """The float32 kernel of a layer of shape ``wl`` (random weights, ReLU), as the lowering builds it."""
+    cout = wl.out_channels
+    shape = (cout, wl.in_channels // wl.groups, *wl.kernel) if wl.op != "dense" else (cout, wl.in_channels)
+    weight = rng.standard_normal(shape).astype(np.float32)
+    bias = rng.standard_normal(cout).astype(np.float32)
+    if wl.op == "dense":
+        k = float_dense_kernel(wl.in_channels, weight, bias, (0.0, float("inf")), False, target)
+    else:
+        c, h, w = wl.in_shape
+        k = float_conv_kernel((h, w, c), weight, bias, wl.stride, wl.padding, wl.dilation, wl.groups,
+                              (0.0, float("inf")), False, target)
+    if k is None:
+        raise ValueError(f"no float kernel for {wl.key} on {target.name!r}")
+    return k
+
+
+def _time_float_kernel(k, wl: Workload, target: Target, device, batches, repeats, rng) -> dict:
+    exe = tvm.compile(tvm.IRModule({"main": k.func.with_attr("global_symbol", "main")}), to_tvm_target(target))
+    mod = device.load(exe, target, f"k{abs(hash((wl.key, k.name))) % 10**10}")
+    in_shape = (wl.in_channels,) if wl.op == "dense" else (*wl.in_shape[1:], wl.in_shape[0])
+    out = {}
+    for b in batches:
+        args = [device.tensor(rng.standard_normal((b, *in_shape)).astype(np.float32))]
+        args += [device.tensor(p) for p in k.params] + [device.empty((b, *k.out_shape), "float32")]
+        out[b] = time_function(device, mod, "main", args, repeats)
+    return out
 
 
 def _synthetic_layer(wl: Workload, kernel: KernelFamily, target: Target, rng):
@@ -124,13 +154,19 @@ def measure_kernels(graphs, target: Target, table: LatencyTable, device: LocalDe
             log(f"time budget of {time_budget_s:.0f} s reached: {len(work) - done} workload(s) left unmeasured "
                 f"(run again to continue)")
             break
-        k, in_info = _synthetic_layer(wl, kernel, target, rng)
-        for b, (med, q1, q3) in _time_kernel(k, in_info, wl, target, tvm_target, device, batches, repeats, rng).items():
+        if kernel.dtype == "fp32":
+            k = _float_layer(wl, kernel, target, rng)
+            times = _time_float_kernel(k, wl, target, device, batches, repeats, rng)
+        else:
+            k, in_info = _synthetic_layer(wl, kernel, target, rng)
+            times = _time_kernel(k, in_info, wl, target, tvm_target, device, batches, repeats, rng)
+        for b, (med, q1, q3) in times.items():
             table.add(wl, kernel.name, b, Measurement(med, q1, q3, repeats, str(k.tile)))
         table.save()
         done += 1
     bar.close()
-    ops = [traffic(*_parse(key))[0] / (m.median_ms * 1e-3) for key, m in table.kernels.items()]
+    ops = [traffic(*_parse(key))[0] / (m.median_ms * 1e-3) for key, m in table.kernels.items()
+           if _parse(key)[1].dtype != "fp32"]
     if ops:
         table.peaks["int8_gops_best_kernel"] = round(max(ops) / 1e9, 2)
         table.save()

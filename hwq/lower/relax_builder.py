@@ -20,6 +20,7 @@ from hwq.errors import ConfigError
 from hwq.lower import float_ops
 from hwq.lower.kernels import Kernel, layout_for, select_kernel
 from hwq.lower.kernels.conv_params import ResidualAdd
+from hwq.lower.kernels.fp32_conv import float_conv_kernel, float_dense_kernel
 
 
 def _const(a, dtype):
@@ -185,6 +186,13 @@ class _Emitter:
         self.put(node.output, self.cast_clip(q, node.qmin, node.qmax, self.dtype(node.output)), lay)
 
     def float_conv2d(self, x, node: qg.FloatConv2d):
+        kernel = None
+        if self.layout == "NHWC":
+            kernel = float_conv_kernel(self.graph.tensors[node.input].shape[1:] + self.graph.tensors[node.input].shape[:1],
+                                       node.weight, node.bias, node.stride, node.padding, node.dilation, node.groups,
+                                       node.clamp, False, self.target)
+        if kernel is not None:
+            return self.call_float_kernel(x, node, kernel)
         w, kl = (node.weight, "OIHW") if self.layout == "NCHW" else (node.weight.transpose(2, 3, 1, 0), "HWIO")
         y = self.emit(relax.op.nn.conv2d(x, _const(w, "float32"), strides=node.stride, padding=node.padding,
                                          dilation=node.dilation, groups=node.groups, data_layout=self.layout,
@@ -193,16 +201,28 @@ class _Emitter:
         return y if node.clamp is None else self._float_clamp(y, node.clamp)
 
     def float_dense(self, x, node: qg.FloatDense):
+        kernel = None
+        if self.layout == "NHWC":
+            kernel = float_dense_kernel(node.weight.shape[1], node.weight, node.bias, node.clamp, False, self.target)
+        if kernel is not None:
+            return self.call_float_kernel(x, node, kernel)
         y = self.emit(relax.op.matmul(x, _const(node.weight.T, "float32"), out_dtype="float32"))
         y = self.emit(relax.op.add(y, _const(node.bias, "float32")))
         return y if node.clamp is None else self._float_clamp(y, node.clamp)
 
-    def shape(self, expr) -> tuple:
-        """The NCHW shape of a float op's tensor argument (batch ``None``)."""
-        return self._shapes[id(expr)]
+    def call_float_kernel(self, x, node, kernel):
+        name = f"hwq_{node.op}_{len(self.kernels_used)}"
+        gv = self.bb.add_func(kernel.func.with_attr("global_symbol", name), name)
+        self.kernels_used.append((node.name, kernel.name))
+        params = [_const(p, str(p.dtype)) for p in kernel.params]
+        return self.emit(relax.call_tir(gv, [x, *params], relax.TensorType([self.batch, *kernel.out_shape], "float32")))
 
     def _float_clamp(self, y, clamp):
         return self.emit(relax.op.clip(y, float(clamp[0]), min(float(clamp[1]), 3.4e38)))
+
+    def shape(self, expr) -> tuple:
+        """The NCHW shape of a float op's tensor argument (batch ``None``)."""
+        return self._shapes[id(expr)]
 
     def float_op(self, node: qg.FloatOp):
         emit, elementwise = float_ops.lookup(node)

@@ -47,6 +47,7 @@ class QuantLayer(nn.Module):
         self.weight_fq = WeightFakeQuantize(weight_spec, self.weight)
         self.out_fq = ActFakeQuantize(act_spec, group.output.name) if act_spec is not None else None
         self.fake_quant_enabled = True
+        self.float_weights = False      # the fp32 option (hwq.alloc.layer_bits): float weights and bias
         self.set_input_quantizer(None)
 
     def set_input_quantizer(self, quantizer: ActFakeQuantize | None) -> None:
@@ -81,7 +82,10 @@ class QuantLayer(nn.Module):
                 quantized copy only provides constraint values; learned scales still train).
         """
         w, b = (self.weight.detach(), self.bias.detach()) if detach_weight else (self.weight, self.bias)
-        y = self._activation(self._op(x, self.weight_fq(w), self._quantized_bias(b, w)))
+        if self.float_weights:
+            y = self._activation(self._op(x, w, b))
+        else:
+            y = self._activation(self._op(x, self.weight_fq(w), self._quantized_bias(b, w)))
         return self.out_fq(y, observe=observe) if self.out_fq is not None else y
 
     def _bias_scale(self, w):

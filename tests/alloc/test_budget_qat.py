@@ -21,7 +21,7 @@ from hwq.alloc.problem import Interaction
 from hwq.alloc.relaxation import BudgetRelaxation, round_choice
 from hwq.alloc.solve import solve_exact
 from hwq.cost.estimate import CostModel
-from hwq.cost.options import Option
+from hwq.cost.options import Option, output_bits
 from hwq.errors import ConfigError, InfeasibleBudgetError
 from hwq.plan import BitPlan
 from hwq.qat import LayerSensitivity, QATConfig, SensitivityReport, quant_layers, quantize_
@@ -45,12 +45,14 @@ def setup():
 
 
 def _synthetic(real: Allocation) -> Allocation:
-    """The same groups and options, with latencies that grow with the bits: own = w*a/64 ms, and
-    a consumer pays 0.1 ms more for reading an 8-bit rather than a 4-bit input."""
+    """The same groups and options, with latencies that grow with the bits: own = w*a/64 ms (fp32:
+    1.5 ms, half again W8A8's), and a consumer pays 0.1 ms more for reading an 8-bit rather than a
+    4-bit input (an fp32 producer's output is read at 8 bits)."""
     p = real.problem
-    groups = tuple(replace(g, latency_ms=tuple(o.weight_bits * o.act_bits / 64 for o in opts))
-                   for g, opts in zip(p.groups, real.options))
-    pairs = tuple(Interaction(t.a, t.b, tuple(tuple(0.1 * po.act_bits / 8 + 0.01 * o.weight_bits for o in real.options[t.b])
+    own = lambda o: 1.5 if o.spec.is_float else o.weight_bits * o.act_bits / 64      # noqa: E731
+    groups = tuple(replace(g, latency_ms=tuple(own(o) for o in opts)) for g, opts in zip(p.groups, real.options))
+    pairs = tuple(Interaction(t.a, t.b, tuple(tuple(0.1 * output_bits(po, 8) / 8 + 0.01 * min(o.weight_bits, 8)
+                                                    for o in real.options[t.b])
                                               for po in real.options[t.a])) for t in p.interactions)
     return replace(real, problem=replace(p, groups=groups, interactions=pairs, base_latency_ms=0.5))
 

@@ -11,7 +11,7 @@ from hwq.cost import CostModel
 from hwq.errors import ConfigError, InfeasibleBudgetError
 from hwq.plan import BitPlan, LayerSpec
 
-LOSS = {"w8a8": 0.0, "w7a8": 0.01, "w4a8": 0.05, "w8a4": 0.03, "w4a4": 0.1}
+LOSS = {"fp32": -0.005, "w8a8": 0.0, "w7a8": 0.01, "w4a8": 0.05, "w8a4": 0.03, "w4a4": 0.1}
 
 
 def losses(layer, options):
@@ -34,7 +34,7 @@ def test_problem_latency_is_the_cost_models_plan_latency(rescnn_graph, alloc):
         plan = alloc.plan(choice)
         assert p.latency(choice) == pytest.approx(cost.plan(rescnn_graph, plan, 16).total_ms, rel=1e-9)
         assert alloc.choice(plan) == choice
-        assert p.loss(choice) == pytest.approx(sum(losses(n, [s.weight_bits and f"w{s.weight_bits}a{s.act_bits}"])[0]
+        assert p.loss(choice) == pytest.approx(sum(losses(n, [s.name])[0]
                                                    for n, s in plan.layers.items()))
 
 
@@ -78,7 +78,7 @@ def test_ties_and_bad_input(rescnn_graph):
     cost = CostModel("x86-avx2", table=None)
     tied = build_allocation(rescnn_graph, cost, losses, batch=1, ties=[("block1.0", "block2.0")])
     assert [g.name for g in tied.problem.groups] == ["block1.0+block2.0", "stem.0", "down.0", "fc"]
-    plan = tied.plan((4, 0, 0, 0))
+    plan = tied.plan((5, 0, 0, 0))          # options: fp32, w8a8, w7a8, w4a8, w8a4, w4a4
     assert plan.layers["block1.0"] == plan.layers["block2.0"] == LayerSpec(4, 4)
     with pytest.raises(ConfigError, match=r"\['block3.0'\] the model lacks; close matches: \['block1.0', 'block2.0'"):
         build_allocation(rescnn_graph, cost, losses, ties=[("block3.0", "stem.0")])

@@ -189,7 +189,7 @@ def test_bad_input_names_the_value_and_the_choices(setup):
         layer_sensitivities(prepared, OPTIONS, data, "hutchinson")
     with pytest.raises(ConfigError, match=r"method 'duals' needs report="):
         layer_sensitivities(prepared, OPTIONS, data, "duals")
-    with pytest.raises(ConfigError, match=r"option name 'int4' is not of the form"):
+    with pytest.raises(ConfigError, match=r"option name 'int4' is not 'fp32' nor of the form"):
         layer_sensitivities(prepared, ["w8a8", "int4"], data, "measured")
     with pytest.raises(ConfigError, match=r"no dual for layers \['fc'\]"):
         layer_sensitivities(prepared, OPTIONS, data, "duals", report=_report([1.0, 1.0, 1.0, 1.0]))

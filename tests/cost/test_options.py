@@ -4,7 +4,7 @@ the allocator share."""
 import pytest
 
 from hwq.cost import Workload, kernel_for, layer_options, plan_layers
-from hwq.cost.options import Option, act_span
+from hwq.cost.options import Option, act_span, option_kernel, output_bits
 from hwq.errors import ConfigError
 from hwq.plan import BitPlan, LayerSpec
 from hwq.target import load_target
@@ -19,11 +19,25 @@ def names(opts):
 
 def test_options_per_target():
     avx2 = load_target("x86-avx2")
-    assert names(layer_options(CONV, avx2)) == ["w8a8", "w7a8", "w4a8", "w8a4", "w4a4"]
-    assert names(layer_options(DW, avx2)) == ["w8a8", "w8a4"]
-    assert names(layer_options(CONV, avx2, output_quantized=False)) == ["w8a8", "w7a8", "w4a8"]
-    for t in ("x86-cascadelake", "raspberry-pi-5", "raspberry-pi-4b", "nvidia-t4"):
-        assert names(layer_options(CONV, load_target(t))) == ["w8a8"], t
+    assert names(layer_options(CONV, avx2)) == ["fp32", "w8a8", "w7a8", "w4a8", "w8a4", "w4a4"]
+    assert names(layer_options(DW, avx2)) == ["fp32", "w8a8", "w8a4"]
+    assert names(layer_options(CONV, avx2, output_quantized=False)) == ["fp32", "w8a8", "w7a8", "w4a8"]
+    for t in ("x86-cascadelake", "raspberry-pi-5", "raspberry-pi-4b"):     # every CPU: float or the one int8 kernel
+        assert names(layer_options(CONV, load_target(t))) == ["fp32", "w8a8"], t
+    assert names(layer_options(CONV, load_target("nvidia-t4"))) == ["w8a8"]   # no hwq float kernel on CUDA
+
+
+def test_float_option_runs_the_float_kernel_of_the_widest_isa():
+    fp32 = Option.parse("fp32")
+    assert fp32 == Option(32, 32) and fp32.spec.is_float
+    assert option_kernel(CONV, load_target("x86-avx2"), fp32).name == "fp32-avx2"
+    assert option_kernel(CONV, load_target("x86-cascadelake"), fp32).name == "fp32-avx512"
+    assert option_kernel(DW, load_target("raspberry-pi-5"), fp32).name == "fp32-neon"
+    assert option_kernel(CONV, load_target("nvidia-t4"), fp32).name == "generic-fp32"
+    grouped = Workload("conv2d", (32, 14, 14), 64, (1, 1), groups=4)
+    assert option_kernel(grouped, load_target("x86-avx2"), fp32).name == "generic-fp32"
+    # an fp32 producer's output reaches its integer readers at the plan's default width
+    assert output_bits(fp32, 4) == 4 and output_bits(Option(8, 4), 8) == 4
 
 
 @pytest.mark.parametrize("wmax, amax, kernel", [
@@ -54,7 +68,7 @@ def test_kernels_on_other_targets():
 def test_option_names():
     assert Option.parse("w4a8") == Option(4, 8) and Option(7, 8).name == "w7a8"
     assert Option(4, 4).spec == LayerSpec(4, 4)
-    with pytest.raises(ConfigError, match="option name 'int8' is not of the form"):
+    with pytest.raises(ConfigError, match="option name 'int8' is not 'fp32' nor of the form"):
         Option.parse("int8")
     with pytest.raises(ConfigError, match="weight_bits"):
         Option(9, 8)
