@@ -11,7 +11,6 @@ never leaves a half-written artifact; loading checks the manifest and the librar
 
 from __future__ import annotations
 
-import datetime
 import hashlib
 import json
 from pathlib import Path
@@ -47,8 +46,9 @@ def save_artifact(executable, path, target, graph_json: str, cpu: dict, fcompile
             executable.export_library(str(lib), fcompile=fcompile)
         manifest = {
             "format": FORMAT, "version": FORMAT_VERSION,
+            # no build time: the same graph, target and versions give the same artifact, byte for
+            # byte (tests/test_reproducible.py); the files' times say when it was written
             "hwq_version": hwq.__version__, "tvm_version": tvm.__version__,
-            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             # a CUDA target's triple is its host CPU's
             "target": target.name, "target_kind": target.kind, "target_triple": target.host_triple,
             "cpu": cpu,

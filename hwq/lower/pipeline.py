@@ -21,11 +21,14 @@ from tvm import relax
 
 from hwq.errors import ConfigError, choices
 from hwq.lower.kernels.injective import ScheduleInjectiveCPU
+from hwq.lower.shape_order import SortShapeFuncStores
 
 
 def _backend_pipeline(target: tvm.target.Target, backend, schedule_glue: tvm.transform.Pass, name: str):
     """TVM's pass lists of ``backend`` around legalize, fuse and ``schedule_glue`` (hand-scheduled
-    kernels are opaque to FuseOps; the glue between them is what ``schedule_glue`` schedules)."""
+    kernels are opaque to FuseOps; the glue between them is what ``schedule_glue`` schedules),
+    then the shape functions' stores in a fixed order (``hwq.lower.shape_order``: else the
+    library differs from build to build)."""
 
     @tvm.transform.module_pass(opt_level=0, name=name)
     def _pipeline(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
@@ -36,7 +39,8 @@ def _backend_pipeline(target: tvm.target.Target, backend, schedule_glue: tvm.tra
                    relax.transform.FoldConstant(), relax.transform.FuseOps(), relax.transform.FuseTIR(),
                    schedule_glue]
                 + backend.dataflow_lower_passes(target)
-                + backend.finalize_passes(target))
+                + backend.finalize_passes(target)
+                + [SortShapeFuncStores])
             return seq(mod)
 
     return _pipeline
