@@ -35,8 +35,8 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
-ENGINES = ["torch-fp32-eager", "torch-fp32-script", "ort-fp32", "ort-int8", "tvm-fp32", "hwq-int8", "hwq-w7a8",
-           "hwq-w4a8"]
+ENGINES = ["torch-fp32-eager", "torch-fp32-script", "ort-fp32", "ort-int8", "tvm-fp32", "hwq-fp32", "hwq-int8",
+           "hwq-w7a8", "hwq-w4a8"]
 HWQ_WEIGHT_BITS = {"hwq-int8": 8, "hwq-w7a8": 7, "hwq-w4a8": 4}
 HWQ_ENGINES = tuple(HWQ_WEIGHT_BITS)
 ONE_ROUND = ("tvm-fp32",)   # minutes per run at batch 16 and far behind: timed once
@@ -141,6 +141,18 @@ def _build(engine, model, calib, workdir):
                 built[b] = compile_float(model, x, "x86-host")
             return built[b](x.numpy())
         return run, {}
+    if engine == "hwq-fp32":
+        # every conv / linear in float32 on hwq's hand fp32 kernels (the same compiler, plan "fp32")
+        from hwq.lower import compile_model
+        from hwq.plan import BitPlan, LayerSpec
+        from hwq.qat import quantize_ptq
+        from hwq.qat.exported import export_model
+        from hwq.qat.patterns import layer_names
+
+        names = layer_names(export_model(model, calib[:1]).graph)
+        graph = quantize_ptq(model, calib[:32], BitPlan(layers={n: LayerSpec.parse("fp32") for n in names}))
+        cm = compile_model(graph, "x86-host")
+        return (lambda x: cm(x.numpy())), {"input": graph.input.dtype}
     if engine in HWQ_ENGINES:
         from hwq.lower import compile_model
         from hwq.plan import BitPlan, LayerSpec
