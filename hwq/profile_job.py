@@ -102,6 +102,8 @@ def _uniform_plans(graph, target: Target) -> list[tuple[str, BitPlan]]:
     narrow = min(offered, key=lambda o: (o.weight_bits + o.act_bits, o.weight_bits))
     if narrow.name != "w8a8":
         plans.append((f"uniform-{narrow.name}", BitPlan(default=LayerSpec(narrow.weight_bits, narrow.act_bits))))
+    if any(o.spec.is_float for o in offered):       # every layer in float: the glue of the float borders
+        plans.append(("uniform-fp32", BitPlan(layers={n.name: LayerSpec.parse("fp32") for n in layer_nodes(graph)})))
     return plans
 
 
@@ -140,9 +142,11 @@ def run_profile(config: ProfileConfig, log=print) -> LatencyTable:
                     continue
                 g = graph if plan_name == "uniform-w8a8" else example_graph(m, plan)
                 compiled = compile_model(g, target)
+                # the cost model reads the plan over the integer graph (a float layer is a conv there)
+                priced = graph if plan_name == "uniform-fp32" else g
                 for b in todo:
                     timing = measure_model(compiled, device, b, config.repeats, name=f"{m}-{plan_name}")
-                    record_model(table, f"{m}|{plan_name}|b{b}", g, plan, target, b, timing)
+                    record_model(table, f"{m}|{plan_name}|b{b}", priced, plan, target, b, timing)
                     log(f"{m} {plan_name} batch {b}: {timing[0]:.3f} ms")
     fits = fit_kernels(table, target)
     for k, f in sorted(fits.items()):
