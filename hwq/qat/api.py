@@ -128,7 +128,7 @@ def _prepare(model, plan, calibration, range_mode, batch_size):
 
     gm = ep.module()
     gm.quant = nn.ModuleDict()
-    nodes = {n.name: n for n in gm.graph.nodes}
+    nodes = _module_nodes(ep, gm)
     in_spec = QuantSpec(8, signed=not input_nonneg)        # the converter's input: always 8-bit, calibrated
     in_name = user_input_name(ep)
     # which quantizer's scale each value carries (ops without their own keep their input's)
@@ -164,6 +164,25 @@ def _prepare(model, plan, calibration, range_mode, batch_size):
     return gm.train()
 
 
+def _module_nodes(ep, gm) -> dict:
+    """The nodes of ``gm = ep.module()`` by their names in ``ep.graph``, which the groups carry.
+
+    The copy does not keep every name: FX renames a node whose name would shadow a Python builtin
+    (``nn.Sequential.forward(input)``: the placeholder ``input`` becomes ``input_1``). It keeps the
+    order of the input and the operators, and adds only nodes of its own (``get_attr`` for the
+    weights, a guard module), so each is paired with the next node of the same op and target."""
+    user = set(ep.graph_signature.user_inputs)
+    rest = iter(gm.graph.nodes)
+    out = {}
+    for n in ep.graph.nodes:
+        if n.op == "call_function" or (n.op == "placeholder" and n.name in user):
+            out[n.name] = next((m for m in rest if m.op == n.op and m.target == n.target), None)
+            if out[n.name] is None:
+                raise RuntimeError(f"ep.module() has no node for {n.format_node()!r} of the exported graph "
+                                   f"after the earlier ones; torch {torch.__version__} copies graphs differently")
+    return out
+
+
 def _island_borders(ep, gm, nodes, groups, floats, plan, range_mode, calibration, batch_size) -> dict:
     """A fake quantizer where an integer layer reads a float island's value (the converter's ``Quantize``).
 
@@ -185,14 +204,15 @@ def _island_borders(ep, gm, nodes, groups, floats, plan, range_mode, calibration
     out = {}
     for src, anchors in readers.items():
         spec = replace(plan.default.act_spec(signed=ranges[src][0] < 0), range_mode=range_mode)
+        anchors = {nodes[a] for a in anchors}
         out[src] = _insert_after(gm, nodes[src], f"border_{src}", ActFakeQuantize(spec, src),
                                  only=lambda user, anchors=anchors: _reaches(user, anchors))
     return out
 
 
 def _reaches(user, anchors) -> bool:
-    """Whether ``user`` is one of ``anchors`` or an identity chain ending in one."""
-    while user.name not in anchors:
+    """Whether ``user`` is one of the nodes ``anchors`` or an identity chain ending in one."""
+    while user not in anchors:
         users = list(user.users)
         if len(users) != 1 or user.target not in IDENTITY:
             return False

@@ -65,6 +65,25 @@ def test_converted_graph_computes_what_the_trained_fake_quant_model_computes(nam
     assert torch.equal(y_fq.flatten(1).argmax(1), y_int.flatten(1).argmax(1))
 
 
+@pytest.mark.parametrize("plan", [BitPlan(layers={"3": LayerSpec(4, 8)}), BitPlan(layers={"0": LayerSpec.parse("fp32")})],
+                         ids=["int", "float-island"])
+def test_a_plain_sequential_prepares_and_converts(plan):
+    # nn.Sequential.forward takes `input`, a Python builtin's name: ep.module() renames that
+    # placeholder `input_1`, and prepare looked its nodes up by the exported graph's names
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3), torch.nn.ReLU(), torch.nn.Flatten(),
+                                torch.nn.Linear(8 * 6 * 6, 10))
+    x = _data((3, 8, 8), signed=False)
+    prepared = quantize_(model, plan, step="prepare", calibration=x)
+    assert [layer.name for layer in quant_layers(prepared)] == [m for m in ("0", "3") if not plan.spec_for(m).is_float]
+    prepared.eval()
+    with torch.no_grad():
+        y_fq = prepared(x)
+    graph = quantize_(prepared, step="convert")
+    y_int = dequantize_output(graph, run_reference(graph, quantize_input(graph, x)))
+    assert torch.allclose(y_fq, y_int, rtol=0, atol=1e-5 * float(y_fq.abs().max()))
+
+
 def test_trained_model_compiles_and_tvm_equals_the_reference():
     from hwq.lower import compile_model
 
