@@ -63,7 +63,7 @@ class GreedyState:
     """
 
     def __init__(self, problem: Problem, budget: float, max_w, tolerance):
-        self.p, self.budget, self.max_w, self.tolerance = problem, budget, max_w, tolerance
+        self.p, self.budget, self.max_w = problem, budget, max_w
         self.lat_cap = budget + tolerance(budget)
         self.w_cap = max_w + tolerance(max_w) if max_w is not None else np.inf
         n_groups, n = len(problem.groups), max(len(g.options) for g in problem.groups)
@@ -75,16 +75,12 @@ class GreedyState:
         self.lat = pad([g.latency_ms for g in problem.groups], np.inf)
         self.loss = pad([g.loss for g in problem.groups], np.inf)
         self.w = pad([g.weight_bytes or (0.0,) * len(g.options) for g in problem.groups], 0.0)
-        self.tables = [np.asarray(t.latency_ms) for t in problem.interactions]
-        self.incident = [[] for _ in problem.groups]      # group -> [(interaction, group is its a)]
-        for k, t in enumerate(problem.interactions):
-            self.incident[t.a].append((k, True))
-            self.incident[t.b].append((k, False))
-        # pair moves: one per linked pair of groups, its tables summed, laid out (a option, b option)
+        # the interactions by linked pair of groups (a < b), their tables summed and laid out
+        # (a option, b option), zero-padded: both the latency deltas and the pair moves read these
         linked = {}
-        for t, table in zip(problem.interactions, self.tables):
+        for t in problem.interactions:
             a, b = min(t.a, t.b), max(t.a, t.b)
-            table = table if t.a == a else table.T
+            table = np.asarray(t.latency_ms) if t.a == a else np.asarray(t.latency_ms).T
             full = np.zeros((n, n))
             full[:table.shape[0], :table.shape[1]] = table
             linked[(a, b)] = linked.get((a, b), 0.0) + full
@@ -93,16 +89,17 @@ class GreedyState:
         self.pair_b = np.array([b for _, b in keys], dtype=np.int64)
         self.pair_t = np.array([linked[k] for k in keys]).reshape(len(keys), n, n)
         self.pair_valid = self.valid[self.pair_a][:, :, None] & self.valid[self.pair_b][:, None, :]
+        self.pairs_of = [[] for _ in problem.groups]
+        for q, (a, b) in enumerate(keys):
+            self.pairs_of[a].append(q)
+            self.pairs_of[b].append(q)
         # a move of group g changes the single deltas of g and its neighbours, and so the pair
         # deltas of every pair that holds one of them
-        pairs_of = [[] for _ in problem.groups]
-        for q, (a, b) in enumerate(keys):
-            pairs_of[a].append(q)
-            pairs_of[b].append(q)
-        self.neighbours = [sorted({g, *(problem.interactions[k].b if g_is_a else problem.interactions[k].a
-                                       for k, g_is_a in self.incident[g])}) for g in range(n_groups)]
-        self.pairs_touched = [np.array(sorted({q for h in self.neighbours[g] for q in pairs_of[h]}), dtype=np.int64)
-                              for g in range(n_groups)]
+        other = [[int(self.pair_b[q] if self.pair_a[q] == g else self.pair_a[q]) for q in self.pairs_of[g]]
+                 for g in range(n_groups)]
+        self.neighbours = [sorted({g, *other[g]}) for g in range(n_groups)]
+        self.pairs_touched = [np.array(sorted({q for h in self.neighbours[g] for q in self.pairs_of[h]}),
+                                       dtype=np.int64) for g in range(n_groups)]
         self.n_single = n_groups * n
         # below this a loss change is float noise, not a gain (keeps the second pass from cycling)
         self.loss_eps = 1e-12 * max(1.0, float(np.sum(np.ptp(np.where(self.valid, self.loss, 0.0), axis=1))))
@@ -166,12 +163,11 @@ class GreedyState:
 
     def _refresh(self, g: int) -> None:
         c = self.choice
-        n = len(self.p.groups[g].options)
         d = self.lat[g] - self.lat[g, c[g]]
-        for k, g_is_a in self.incident[g]:
-            t, inter = self.tables[k], self.p.interactions[k]
-            row = t[:, c[inter.b]] if g_is_a else t[c[inter.a], :]
-            d[:n] += row - row[c[g]]
+        for q in self.pairs_of[g]:
+            t, a, b = self.pair_t[q], self.pair_a[q], self.pair_b[q]
+            row = t[:, c[b]] if g == a else t[c[a], :]
+            d += row - row[c[g]]
         self.d_lat[g] = np.where(self.valid[g], d, np.inf)
         self.d_loss[g] = self.loss[g] - self.loss[g, c[g]]
         self.d_w[g] = self.w[g] - self.w[g, c[g]]
