@@ -304,12 +304,15 @@ class GreedyState:
         self._views()
         self.freeze(None)
 
-    def _keep_if_better(self, before: float, saved) -> bool:
-        """After a large move: repair the bounds and re-spend, keep it if the loss went down."""
+    def _keep_if_better(self, before: float, saved, hold=None) -> bool:
+        """After a large move: repair the bounds and re-spend (group ``hold`` stays where the move
+        put it); keep the result if the loss went below ``before``, else go back to ``saved``."""
         self._resync()
+        self.freeze(hold)
         if self.downgrade_until_feasible():
             self.upgrade_while_feasible()
             if self.total_loss() < before - self.loss_eps:
+                self.freeze(None)
                 return True
         self._restore(saved)
         return False
@@ -411,12 +414,6 @@ class GreedyState:
         for m in order[bound[order] > self.loss_eps]:
             g, i = divmod(int(m), n)
             self._move(g, i)
-            self.freeze(g)
-            fits = self.downgrade_until_feasible()
-            if fits:
-                self.upgrade_while_feasible()
-            self.freeze(None)
-            if fits and self.total_loss() < before - self.loss_eps:
+            if self._keep_if_better(before, saved, hold=g):
                 return True
-            self._restore(saved)
         return False
