@@ -38,7 +38,7 @@ import torch
 from hwq.fileio import display_path  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
-OPTIONS = ("w8a8", "w7a8", "w4a8", "w8a4", "w4a4")
+OPTIONS = ("fp32", "w8a8", "w7a8", "w4a8", "w8a4", "w4a4")
 
 
 def uniform_plan(alloc, option: str) -> tuple:
@@ -58,6 +58,19 @@ class Evaluator:
         self.name, self.model, self.calib, self.held, self.train_data = name, model, calib, held, train_data
         self.target, self.batch, self.args, self.log = target, batch, args, log
         self.cache = {}
+
+    def latency(self, plan) -> float:
+        """Measured median ms of ``plan`` (post-training: the latency does not depend on fine-tuning)."""
+        key = "latency:" + plan.to_json()
+        if key not in self.cache:
+            from hwq.lower import compile_model
+            from hwq.lower.device import LocalDevice
+            from hwq.lower.profile import measure_model
+            from hwq.qat import quantize_ptq
+
+            compiled = compile_model(quantize_ptq(self.model, self.calib[:32], plan), self.target)
+            self.cache[key] = measure_model(compiled, LocalDevice(), self.batch, self.args.repeats)[0]
+        return self.cache[key]
 
     def __call__(self, plan) -> dict:
         key = plan.to_json()
@@ -151,7 +164,7 @@ def study(name, args, log) -> dict:
             g = solve_greedy(alloc.problem, b)
             solver.append({"budget_ms": b, "method": m, "exact_loss": sol.loss, "greedy_loss": g.loss,
                            "exact_s": sol.seconds, "greedy_s": g.seconds})
-            rows.append(_row(b, m, 0, alloc, sol, evaluate, log))
+            rows.append(_row(b, m, 0, alloc, _verified(alloc, b, evaluate, args), evaluate, log))
         if name != "mobilenetv2":
             rows.append(_budget_dual(model, calib, train_data, ref, b, evaluate, log))
         for seed in range(args.random):
@@ -159,17 +172,34 @@ def study(name, args, log) -> dict:
             noise = {layer: dict(zip([o for o in sens["measured"].values[layer]],
                                      rng.random(len(sens["measured"].values[layer])))) for layer in sens["measured"].values}
             ralloc = build_allocation(graph, cost, lambda layer, opts: [noise[layer][o] for o in opts], args.batch)
-            rows.append(_row(b, "random", seed, ralloc, solve_exact(ralloc.problem, b), evaluate, log))
+            rows.append(_row(b, "random", seed, ralloc, _verified(ralloc, b, evaluate, args), evaluate, log))
     return {"target": target.name, "batch": args.batch, "table": display_path(table.path), "methods": methods,
             "sensitivity_seconds": seconds, "uniform": uniform, "budgets": budgets, "plans": rows, "solver": solver,
             "sensitivities": {m: json.loads(s.to_json()) for m, s in sens.items()},
             "seconds": time.time() - t_start, **summarize(rows, uniform, plan_methods)}
 
 
+def _verified(alloc, budget, evaluate, args):
+    """The exact plan, re-solved at a tighter budget while its measured latency is over budget + 3 %
+    (``hwq allocate --verify``); returns the Solution with the rounds attached."""
+    from hwq.alloc.solve import solve_exact
+    from hwq.alloc.verify import meet_measured_budget
+
+    if not args.verify:
+        return solve_exact(alloc.problem, budget)
+    v = meet_measured_budget(lambda b: solve_exact(alloc.problem, b), lambda s: evaluate.latency(alloc.plan(s.choice)),
+                             budget)
+    _ROUNDS[v.solution.choice] = v.rounds
+    return v.solution
+
+
+_ROUNDS: dict = {}
+
+
 def _row(budget, method, seed, alloc, sol, evaluate, log) -> dict:
     plan = alloc.plan(sol.choice)
     r = {"budget_ms": budget, "method": method, "seed": seed, "predicted_ms": sol.latency_ms, "loss": sol.loss,
-         "plan": json.loads(plan.to_json()), **evaluate(plan)}
+         "plan": json.loads(plan.to_json()), "verify_rounds": _ROUNDS.get(sol.choice), **evaluate(plan)}
     log(f"  budget {budget:8.3f} ms {method:9s} {seed}: predicted {sol.latency_ms:8.3f}, measured {r['measured_ms']:8.3f} ms "
         f"({r['measured_ms'] / budget - 1:+6.1%} of budget), accuracy {r['accuracy']:.2f}%")
     return r
@@ -235,6 +265,7 @@ def main(argv=None) -> int:
                    help="held-out images for the sensitivities (default: all of --images)")
     p.add_argument("--finetune-images", type=int, default=2000)
     p.add_argument("--repeats", type=int, default=9)
+    p.add_argument("--verify", type=int, default=1, help="1: re-solve plans measured over budget + 3 %% (hwq allocate --verify)")
     p.add_argument("--out", default=str(RESULTS / "alloc_study.json"))
     args = p.parse_args(argv)
     from hwq.fileio import atomic_write_json

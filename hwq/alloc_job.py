@@ -45,6 +45,7 @@ class AllocateConfig:
     out: str = "hwq-out/plan.json"
     json: str | None = None
     data_dir: str | None = None
+    verify: bool = False
 
     def __post_init__(self):
         from hwq.models.zoo import MODELS
@@ -141,7 +142,11 @@ def run_allocate(config: AllocateConfig, log=print) -> dict:
     budget = budget_ms(alloc, config.budget)
     max_bytes = config.max_weight_mb * 1e6 if config.max_weight_mb is not None else None
     solve = solve_exact if config.solver == "exact" else solve_greedy
-    sol = solve(alloc.problem, budget, max_bytes)
+    rounds = None
+    if config.verify:
+        sol, rounds = _verified(config, graph, alloc, solve, budget, max_bytes, log)
+    else:
+        sol = solve(alloc.problem, budget, max_bytes)
     plan = alloc.plan(sol.choice)
     atomic_write_text(config.out, plan.to_json() + "\n")
     est = cost.plan(graph, plan, config.batch)
@@ -158,10 +163,38 @@ def run_allocate(config: AllocateConfig, log=print) -> dict:
     log(f"wrote {config.out}")
     report = {"config": asdict(config), "budget_ms": budget, "predicted_ms": est.total_ms, "loss": sol.loss,
               "solver": sol.solver, "solve_seconds": sol.seconds, "plan": json.loads(plan.to_json()),
-              "estimate": est.to_json(), "sensitivities": json.loads(sens.to_json())}
+              "estimate": est.to_json(), "sensitivities": json.loads(sens.to_json()),
+              "verify_rounds": rounds}
     if config.json:
         atomic_write_json(config.json, report)
     return report
+
+
+def _verified(config: AllocateConfig, graph, alloc, solve, budget: float, max_bytes, log):
+    """Solve, compile and time the plan on this machine; re-solve tighter while it is over budget."""
+    from hwq.alloc.verify import meet_measured_budget
+    from hwq.cost.machine import runs_on_this_machine
+    from hwq.lower import compile_model
+    from hwq.lower.device import LocalDevice
+    from hwq.lower.profile import measure_model
+    from hwq.models.zoo import example_graph
+    from hwq.target import load_target
+
+    if not runs_on_this_machine(load_target(config.target)):
+        raise ConfigError(f"--verify times the plan on this machine, which cannot run target {config.target!r}; "
+                          f"verify it on the board (hwq profile --rpc measures there)")
+
+    def measure(sol):
+        compiled = compile_model(example_graph(config.model, alloc.plan(sol.choice)), config.target)
+        ms = measure_model(compiled, LocalDevice(), config.batch)[0]
+        log(f"verify: predicted {sol.latency_ms:.4f} ms, measured {ms:.4f} ms (budget {budget:.4f} ms)")
+        return ms
+
+    v = meet_measured_budget(lambda b: solve(alloc.problem, b, max_bytes), measure, budget)
+    if not v.met:
+        log(f"warning: no plan measured within budget + 3 % in {len(v.rounds)} rounds; kept the fastest "
+            f"measured ({v.measured_ms:.4f} ms)")
+    return v.solution, [list(r) for r in v.rounds]
 
 
 def run_pareto(config: AllocateConfig, budgets: int = 20, log=print) -> list[dict]:

@@ -133,7 +133,8 @@ def _allocate_config(args):
     return AllocateConfig(model=args.model, target=args.target, budget=args.budget, batch=args.batch,
                           sensitivity=args.sensitivity, max_weight_mb=args.max_weight_mb, ties=ties,
                           solver=getattr(args, "solver", "exact"), images=args.images,
-                          out=getattr(args, "out", "hwq-out/plan.json"), json=args.json, data_dir=args.data_dir)
+                          out=getattr(args, "out", "hwq-out/plan.json"), json=args.json, data_dir=args.data_dir,
+                          verify=getattr(args, "verify", False))
 
 
 def _cmd_allocate(args) -> int:
@@ -247,6 +248,8 @@ def build_parser() -> argparse.ArgumentParser:
             a.add_argument("--budget", default="1x", help="'2.5ms', or '0.8x' = 0.8 x uniform W8A8 on the target (default 1x: no slower than uniform W8A8)")
             a.add_argument("--solver", default="exact", help="exact (milp) or greedy")
             a.add_argument("--out", default="hwq-out/plan.json", help="the BitPlan JSON to write")
+            a.add_argument("--verify", action="store_true",
+                           help="compile and time the plan here; while it is over budget + 3 %%, re-solve tighter")
             a.set_defaults(func=_cmd_allocate)
         else:
             a.add_argument("--budgets", type=int, default=20, help="how many budgets (default 20)")

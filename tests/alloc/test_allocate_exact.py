@@ -60,13 +60,15 @@ def test_hwq_allocate_cli_writes_a_plan_that_compiles(tmp_path):
     """The command on the demo model (its cached float checkpoint, trained once if missing)."""
     plan_path, report = tmp_path / "plan.json", tmp_path / "report.json"
     out = subprocess.run([sys.executable, "-m", "hwq.cli", "allocate", "rescnn", "--target", TARGET, "--budget", "0.85x",
-                          "--batch", "16", "--images", "200", "--out", str(plan_path), "--json", str(report)],
+                          "--batch", "16", "--images", "200", "--out", str(plan_path), "--json", str(report), "--verify"],
                          capture_output=True, text=True, timeout=1800)
     assert out.returncode == 0, out.stderr[-1500:]
     assert "predicted total" in out.stdout and "wrote" in out.stdout
     plan = BitPlan.from_json(plan_path.read_text())
     doc = json.loads(report.read_text())
     assert doc["predicted_ms"] <= doc["budget_ms"] * (1 + 1e-6)
+    rounds = doc["verify_rounds"]           # (solver budget, predicted, measured) per plan timed here
+    assert rounds and "verify: predicted" in out.stdout and rounds[0][0] == pytest.approx(doc["budget_ms"])
     from hwq.models import ResCNN
     model = ResCNN().eval()
     qgraph = quantize_ptq(model, torch.rand(32, 1, 28, 28), plan)

@@ -1,0 +1,79 @@
+"""Meet the budget when measured: solve, measure the plan on the device, tighten, solve again.
+
+The cost model predicts a whole plan within a few percent (``benchmarks/cost_fidelity.py``), and
+a knapsack solution sits at its budget by construction, so about half of the plans land just over
+it when measured. ``meet_measured_budget`` closes that loop with the device itself: when the
+measured latency exceeds the budget by more than the tolerance, the budget the solver sees is
+scaled by ``budget / measured`` (the model's error on this very plan) and the problem is solved
+again, a few rounds at most. Pure: the caller passes the solver and the measurement.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from hwq.alloc.problem import Solution
+from hwq.errors import ConfigError, InfeasibleBudgetError
+
+
+@dataclass(frozen=True)
+class Verified:
+    """A plan checked on the device.
+
+    Attributes:
+        solution: the plan kept (the solver's, at ``solver_budget_ms``).
+        measured_ms: its measured latency.
+        met: whether ``measured_ms <= budget_ms * (1 + tolerance)``.
+        rounds: ``(solver budget, predicted ms, measured ms)`` of every plan tried, in order.
+    """
+
+    solution: Solution
+    measured_ms: float
+    budget_ms: float
+    solver_budget_ms: float
+    met: bool
+    rounds: tuple = field(default_factory=tuple)
+
+
+def meet_measured_budget(solve, measure, budget_ms: float, tolerance: float = 0.03, max_rounds: int = 4) -> Verified:
+    """Solve at ``budget_ms``; while the measured plan is over ``budget_ms * (1 + tolerance)``,
+    solve again at the budget scaled by the measured error.
+
+    Args:
+        solve: ``budget_ms -> Solution`` (e.g. ``lambda b: solve_exact(problem, b)``); may raise
+            ``InfeasibleBudgetError`` when tightened below the fastest plan.
+        measure: ``Solution -> measured ms`` (compile and time the plan on the device).
+        budget_ms: the user's budget.
+        tolerance: the slack the measurement may use (timing noise), as a fraction.
+        max_rounds: plans measured at most.
+
+    Returns:
+        The first plan that meets the budget; if none does within ``max_rounds``, the fastest
+        measured one, with ``met=False``.
+    """
+    if not budget_ms > 0 or not tolerance >= 0 or max_rounds < 1:
+        raise ConfigError(f"budget_ms must be > 0, tolerance >= 0 and max_rounds >= 1, got "
+                          f"{budget_ms!r}, {tolerance!r}, {max_rounds!r}")
+    solver_budget, rounds, tried = budget_ms, [], []
+    for _ in range(max_rounds):
+        try:
+            sol = solve(solver_budget)
+        except InfeasibleBudgetError as e:
+            if not tried:
+                raise                   # the user's budget itself is below the fastest plan
+            fastest = None if e.fastest_ms is None else e.fastest_ms * (1 + 1e-9)
+            if fastest is None or any(b >= fastest * (1 - 1e-9) and b <= fastest * (1 + 1e-9) for _, _, b in tried):
+                break                   # the fastest plan is measured already: nothing faster to try
+            solver_budget = fastest     # tightened below the fastest plan: measure the fastest once
+            continue
+        if any(s.choice == sol.choice for s, _, _ in tried):
+            break                       # the solver gives a plan already measured: no progress
+        ms = float(measure(sol))
+        rounds.append((solver_budget, sol.latency_ms, ms))
+        tried.append((sol, ms, solver_budget))
+        if ms <= budget_ms * (1 + tolerance):
+            return Verified(sol, ms, budget_ms, solver_budget, True, tuple(rounds))
+        # the model under-predicted this plan by measured / predicted: ask for that much less
+        solver_budget = min(solver_budget * budget_ms / ms, solver_budget * (1 - 0.5 * tolerance))
+    sol, ms, sb = min(tried, key=lambda t: t[1])
+    return Verified(sol, ms, budget_ms, sb, ms <= budget_ms * (1 + tolerance), tuple(rounds))
