@@ -71,3 +71,12 @@ import hwq.lower, hwq.lower.compile, hwq.lower.artifact, hwq.lower.cpu_check, hw
 print("ok")
 '''
     assert _python(code).strip().endswith("ok")
+
+
+def test_top_level_verbs_load_their_stage_on_first_use():
+    code = ("import sys, hwq; assert 'torch' not in sys.modules and 'tvm' not in sys.modules; "
+            "from hwq.qat import quantize_; assert hwq.quantize_ is quantize_; "
+            "from hwq.lower import compile_model; assert hwq.compile_model is compile_model")
+    import subprocess
+    import sys
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).returncode == 0
