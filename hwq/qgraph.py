@@ -15,6 +15,10 @@ the integer path cannot express (``FloatOp``: an ATen operator run as it is) com
 (``clamp(round_half_even(x / scale))`` in float32, the rule of the model input) leaves it; both are
 single IEEE float32 operations, so every backend rounds them identically. Inside an island a
 backend may sum in another order than torch, so a ``Quantize`` after it can land 1 LSB away.
+
+Tables: a chain of elementwise float ops whose only tensor input is one 8-bit value (hardswish,
+sigmoid, SiLU, GELU, ``x * relu6(x + 3) / 6``), quantized where it ends, is a ``Lut``: one entry
+per input integer, computed once by the converter. It is integer arithmetic, so exact everywhere.
 """
 
 from __future__ import annotations
@@ -119,7 +123,85 @@ class MaxPool2d:
     kernel: tuple
     stride: tuple
     padding: tuple
+    ceil_mode: bool = False  # torch's rule: a last window that starts inside the input (or its left padding) counts
     op: str = "max_pool2d"
+
+
+@dataclass(frozen=True)
+class AvgPool2d:
+    """Average pooling: int32 window sums (zeros in the padding), then one requantization per output
+    position, by ``s_in / (divisor * s_out)`` with torch's divisor there (the window area, clipped at
+    the borders where ``count_include_pad`` is off, or ``divisor_override``). ``requant``'s arrays are
+    (H_out, W_out), or scalars where every divisor is the same."""
+
+    name: str
+    input: str
+    output: str
+    kernel: tuple
+    stride: tuple
+    padding: tuple
+    ceil_mode: bool
+    requant: Requant
+    op: str = "avg_pool2d"
+
+
+@dataclass(frozen=True)
+class Lut:
+    """A unary function of one 8-bit tensor, requantization included, as a table: ``y = table[x - input_min]``.
+
+    ``table`` holds one output integer for each of the ``2^bits`` input integers from ``input_min``:
+    the model's float ops (``ops``, ATen names) run in float32 on every dequantized input, then
+    quantized as ``Quantize`` does. Exact and bit-identical on every backend, whatever the function.
+    """
+
+    name: str
+    input: str
+    output: str
+    table: np.ndarray       # int64 (2^bits,), values in the output's [qmin, qmax]
+    input_min: int
+    ops: tuple = ()
+    op: str = "lut"
+
+
+@dataclass(frozen=True)
+class Mul:
+    """Elementwise product of two integer tensors (broadcast, e.g. a squeeze-excitation gate (N, C, 1, 1)),
+    exact in int32, then requantized by ``s_a * s_b / s_out``."""
+
+    name: str
+    inputs: tuple           # (a, b)
+    output: str
+    requant: Requant
+    op: str = "mul"
+
+
+@dataclass(frozen=True)
+class Concat:
+    """Concatenation along ``axis`` (NCHW numbering): each input requantized onto the output's scale
+    (``None``: already on it), then copied."""
+
+    name: str
+    inputs: tuple
+    output: str
+    axis: int
+    requants: tuple         # one Requant | None per input
+    op: str = "concat"
+
+
+@dataclass(frozen=True)
+class Move:
+    """An ATen data-movement operator on integer tensors, as the model wrote it: reshape, permute,
+    slice, split / chunk and their ``getitem``, nearest upsampling by an integer factor, zero padding.
+    Exact: the output keeps its input's scale. Arguments are spelled as in ``FloatOp``."""
+
+    name: str
+    inputs: tuple
+    output: str
+    target: str
+    args: tuple
+    kwargs: tuple = ()
+    module: str = ""
+    op: str = "move"
 
 
 @dataclass(frozen=True)
@@ -295,7 +377,9 @@ class QGraph:
         why = {id(n): w for n, w in self.float_nodes()}
         for node in self.nodes:
             t = self.tensors[node.output]
-            what = node.target.replace("aten.", "").replace(".default", "") if node.op == "float" else node.op
+            what = _short(node.target) if node.op in ("float", "move") else node.op
+            if node.op == "lut":
+                what = "lut(" + ",".join(_short(o).split(".")[0] for o in node.ops) + ")"
             tail = f"float: {why[id(node)]}" if id(node) in why else f"scale={t.scale:.3g}"
             lines.append(f"{what:16s} {node.name:24s} -> {t.dtype}{list(t.shape)} {tail}")
         return "\n".join(lines)
@@ -312,6 +396,10 @@ class QGraph:
             "float_ops": [{"name": n.name, "why": why} for n, why in self.float_nodes()],
             "macs": self.macs(),
         }, indent=2)
+
+
+def _short(target: str) -> str:
+    return target.replace("aten.", "").replace(".default", "")
 
 
 def fusable_adds(graph: QGraph) -> dict:

@@ -114,10 +114,32 @@ def _max_pool(em, shape, x, kernel, stride=(), padding=0, dilation=1, ceil_mode=
     return relax.op.nn.max_pool2d(x, k, s, p, d * 2 if len(d) == 1 else d, ceil_mode=bool(ceil_mode))
 
 
-def _upsample_nearest(em, shape, x, output_size=None, scales=None):
-    # torch's "nearest": source index floor(dst * in / out) == asymmetric coordinates, floor rounding
+def _upsample_nearest(em, shape, x, *_):
+    # torch's "nearest": source index floor(dst * in / out); by an integer factor, each row and column repeated
+    _, _, h, w = em.shape(x)
+    if shape[1] % h == 0 and shape[2] % w == 0:
+        y = em.emit(relax.op.repeat(x, shape[1] // h, axis=2)) if shape[1] != h else x
+        return relax.op.repeat(y, shape[2] // w, axis=3) if shape[2] != w else y
     return relax.op.image.resize2d(x, tuple(shape[1:]), layout="NCHW", method="nearest_neighbor",
                                    coordinate_transformation_mode="asymmetric", rounding_method="floor")
+
+
+def _upsample_bilinear(em, shape, x, output_size, align_corners, *_):
+    mode = "align_corners" if align_corners else "half_pixel"    # torch clamps a negative source index to 0, as TVM does
+    return relax.op.image.resize2d(x, tuple(shape[1:]), layout="NCHW", method="linear",
+                                   coordinate_transformation_mode=mode)
+
+
+def _pad(em, shape, x, pad, mode="constant", value=None):
+    # torch lists (before, after) pairs from the last dimension backwards
+    if mode != "constant" or min(pad) < 0:
+        raise UnsupportedOpError(f"pad with mode={mode!r} and pads {list(pad)!r} has no Relax lowering in hwq; "
+                                 f"constant padding without cropping has")
+    ndim = len(em.shape(x))
+    width = [0] * (2 * ndim)
+    for i in range(len(pad) // 2):
+        width[2 * (ndim - 1 - i)], width[2 * (ndim - 1 - i) + 1] = pad[2 * i], pad[2 * i + 1]
+    return relax.op.nn.pad(x, width, pad_value=float(value or 0.0))
 
 
 def _permute(em, shape, x, dims):
@@ -238,6 +260,10 @@ _NCHW = {
     "aten.max_pool2d.default": _max_pool,
     "aten.upsample_nearest2d.vec": _upsample_nearest,
     "aten.upsample_nearest2d.default": _upsample_nearest,
+    "aten.upsample_bilinear2d.vec": _upsample_bilinear,
+    "aten.upsample_bilinear2d.default": _upsample_bilinear,
+    "aten.constant_pad_nd.default": lambda em, shape, x, pad, value=0: _pad(em, shape, x, pad, value=value),
+    "aten.pad.default": _pad,
     "aten.cat.default": _cat,
     "aten.concat.default": _cat,
     "aten.slice.Tensor": _slice,

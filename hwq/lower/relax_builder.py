@@ -18,6 +18,7 @@ from tvm import relax, tirx
 from hwq import qgraph as qg
 from hwq.errors import ConfigError
 from hwq.lower import float_ops
+from hwq.lower.int_ops import IntegerOps
 from hwq.lower.kernels import Kernel, layout_for, select_kernel
 from hwq.lower.kernels.conv_params import ResidualAdd
 from hwq.lower.kernels.fp32_conv import float_conv_kernel, float_dense_kernel
@@ -27,7 +28,7 @@ def _const(a, dtype):
     return relax.const(np.asarray(a).astype(dtype), dtype)
 
 
-class _Emitter:
+class _Emitter(IntegerOps):
     def __init__(self, bb: relax.BlockBuilder, graph: qg.QGraph, batch, target=None):
         self.bb, self.graph, self.batch, self.target = bb, graph, batch, target
         self.layout = layout_for(target)
@@ -141,7 +142,15 @@ class _Emitter:
     def max_pool2d(self, x, node: qg.MaxPool2d):
         # TVM pads with the dtype's minimum; every window holds a real element (padding < kernel),
         # so the result equals padding with the tensor's qmin as the reference does.
-        return self.emit(relax.op.nn.max_pool2d(x, node.kernel, node.stride, node.padding, layout=self.layout))
+        y = self.emit(relax.op.nn.max_pool2d(x, node.kernel, node.stride, node.padding, ceil_mode=node.ceil_mode,
+                                             layout=self.layout))
+        # with ceil_mode TVM keeps a last window that starts in the right padding; torch drops it
+        _, oh, ow = self.graph.tensors[node.output].shape
+        axes = [2, 3] if self.layout == "NCHW" else [1, 2]
+        got = [int(y.ty.shape[a]) for a in axes]
+        if got != [oh, ow]:
+            y = self.emit(relax.op.strided_slice(y, axes=axes, begin=[0, 0], end=[oh, ow]))
+        return y
 
     def flatten(self, x, node: qg.Flatten):
         features = int(np.prod(self.graph.tensors[node.output].shape))
@@ -267,8 +276,10 @@ class _Emitter:
                 env[node.output] = self.cast_clip(self.get(node.input), node.qmin, node.qmax, self.dtype(node.output))
             elif node.op in ("dequantize", "quantize"):
                 getattr(self, node.op)(node)
-            elif node.op == "float":
-                self.float_op(node)
+            elif node.op in ("float", "move"):       # an ATen op as it is: float, or data movement on integers
+                getattr(self, "float_op" if node.op == "float" else "move")(node)
+            elif node.op in ("mul", "concat"):
+                env[node.output] = getattr(self, node.op)([self.get(i) for i in node.inputs], node)
             elif hasattr(self, node.op):
                 env[node.output] = getattr(self, node.op)(self.get(node.input), node)
                 fused = self.fusable.get(node.output)

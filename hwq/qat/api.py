@@ -3,10 +3,11 @@
 ``prepare`` exports the float model with ``torch.export`` (batch dimension dynamic), takes the
 trainable ``ep.module()`` and rewrites it at exactly the converter's quantization points, which
 ``hwq.qat.patterns.find_groups`` decides for both: every conv / linear group (with its BN and
-ReLU) becomes a ``QuantLayer``; the model input, each residual add and each global average pool
-get an ``ActFakeQuantize``. Float islands (layers the plan keeps in fp32, ops without an integer
-form) stay the float model's own ops, with an ``ActFakeQuantize`` where an integer layer reads
-them. Activation ranges start from min/max calibration, as in PTQ.
+ReLU) becomes a ``QuantLayer``; the model input and the output of each residual add, product,
+concat, pool and table (a chain of elementwise ops, which trains as the float ops themselves) get
+an ``ActFakeQuantize``. Float islands (layers the plan keeps in fp32, ops without an integer form)
+stay the float model's own ops, with an ``ActFakeQuantize`` where an integer op reads them.
+Activation ranges start from min/max calibration, as in PTQ.
 
 ``convert`` reads the trained quantizers (their scales, and the integers the weight quantizers
 round to) and builds the ``QGraph`` from the same exported graph, so the integer program computes
@@ -34,8 +35,8 @@ from hwq.qat.convert import CALIBRATION_BATCH, calibrate, convert
 from hwq.qat.exported import check_calibration, constants, export_model, user_input_name
 from hwq.qat.fake_quant import ActFakeQuantize
 from hwq.qat.modules import QuantLayer
-from hwq.qat.patterns import (IDENTITY, IDENTITY_OP, LAYER, find_groups, float_values, fold_batch_norm, group_nodes,
-                              layer_names)
+from hwq.qat.patterns import (IDENTITY, IDENTITY_OP, LAYER, find_groups, float_values, fold_batch_norm,
+                              group_inputs, group_nodes, layer_names)
 from hwq.spec import RANGE_MODES, QuantSpec
 
 STEPS = ("prepare", "convert")
@@ -123,7 +124,7 @@ def _prepare(model, plan, calibration, range_mode, batch_size):
     ep = export_model(model, example, dynamic_batch=True)
     plan.check_names(layer_names(ep.graph))
     input_nonneg = float(calibration.min()) >= 0
-    groups = find_groups(ep.graph, input_nonneg)
+    groups = find_groups(ep.graph, input_nonneg, user_input_name(ep))
     consts = constants(ep)
 
     gm = ep.module()
@@ -184,16 +185,18 @@ def _module_nodes(ep, gm) -> dict:
 
 
 def _island_borders(ep, gm, nodes, groups, floats, plan, range_mode, calibration, batch_size) -> dict:
-    """A fake quantizer where an integer layer reads a float island's value (the converter's ``Quantize``).
+    """A fake quantizer where an integer op reads a float island's value (the converter's ``Quantize``).
 
-    Only the integer layers see the quantized value; the island's other readers keep the float one,
+    Only the integer ops see the quantized value; the island's other readers keep the float one,
     as in the integer program. Signedness comes from a calibration pass, as the converter decides it.
     """
     alias = {g.output.name: g.anchor.args[0].name for g in groups if g.kind == IDENTITY_OP}
     readers: dict = {}
     for g in groups:
-        if g.kind == LAYER and g.output.name not in floats:
-            src = g.anchor.args[0].name
+        if g.kind == IDENTITY_OP or g.output.name in floats:
+            continue
+        for a in group_inputs(g):
+            src = a.name
             while src in alias:
                 src = alias[src]
             if src in floats:

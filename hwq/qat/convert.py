@@ -2,16 +2,14 @@
 
 The exported graph is the one source of truth: its conv / linear / add / pool nodes become
 integer ops, a conv's BatchNorm and ReLU are fused into it (BN folded into the weights, ReLU into
-the requantization clamp), and the scales come from calibration ranges (or, after QAT, from the
-trained quantizers). Layers the plan keeps in ``fp32`` and every operator without an integer form
-become float islands: a ``Dequantize`` where an island reads an integer value, a ``Quantize``
-(at the plan's default activation bits, unsigned when the calibrated range is) where an integer op
-reads a float one.
+the requantization clamp), a chain of elementwise ops on one integer value becomes a table, and
+the scales come from calibration ranges (or, after QAT, from the trained quantizers). Layers the
+plan keeps in ``fp32`` and every operator without an integer form become float islands: a
+``Dequantize`` where an island reads an integer value, a ``Quantize`` (at the plan's default
+activation bits, unsigned when the calibrated range is) where an integer op reads a float one.
 """
 
 from __future__ import annotations
-
-import operator
 
 import numpy as np
 import torch
@@ -19,12 +17,11 @@ from torch.export import ExportedProgram
 
 from hwq import qgraph as qg
 from hwq.errors import ConfigError, QuantizationError, UnsupportedOpError
-from hwq.fixed_point import choose_scale, common_shift, quantize_multiplier
+from hwq.fixed_point import choose_scale, quantize_multiplier
 from hwq.plan import BitPlan
-from hwq.qat.exported import BATCHED_SHAPE, check_calibration, constants, export_model, run_graph, user_input_name
-from hwq.qat.exported import module_name
-from hwq.qat.patterns import (CONV, FLOAT_OP, HARDTANH, SUPPORTED_OPS, Group, float_values, fold_batch_norm,
-                              find_groups, group_nodes, hardtanh_bounds, layer_names, pair)
+from hwq.qat.convert_ops import IntegerOps
+from hwq.qat.exported import check_calibration, constants, export_model, run_graph, user_input_name
+from hwq.qat.patterns import CONV, SUPPORTED_OPS, float_values, fold_batch_norm, find_groups, layer_names, pair
 
 __all__ = ["CALIBRATION_BATCH", "SUPPORTED_OPS", "calibrate", "convert", "export_model", "quantize_ptq"]
 
@@ -124,7 +121,7 @@ def _check_accumulator(name: str, x_info: qg.TensorInfo, wq: torch.Tensor, bq: t
             f"weight or activation bits in the BitPlan, or split its reduction over several layers")
 
 
-class _Converter:
+class _Converter(IntegerOps):
     def __init__(self, ep, ranges, plan, scales, weights):
         self.ep, self.ranges, self.plan, self.scales, self.weights = ep, ranges, plan, scales, weights
         self.consts = constants(ep)
@@ -216,7 +213,7 @@ class _Converter:
                                    self._scale("__input__", lo, hi, 0 if nonneg else -qmax, qmax),
                                    0 if nonneg else -qmax, qmax)
         self.tensors[inp] = self.input
-        groups = find_groups(self.ep.graph, input_nonneg=nonneg)
+        groups = find_groups(self.ep.graph, input_nonneg=nonneg, user_input=inp)
         self.floats = float_values(groups, lambda m: self.plan.spec_for(m).is_float)
         for group in groups:
             getattr(self, group.kind)(group)
@@ -301,103 +298,3 @@ class _Converter:
         else:
             self.nodes.append(qg.FloatDense(**common))
         self.alias[cur.name] = out.name
-
-    def float_op(self, group, why=None):
-        """Any operator as it is, in float32 (``qg.FloatOp``): its tensor inputs dequantized."""
-        node = group.anchor
-        refs: list = []
-
-        def plain(a):
-            if isinstance(a, torch.fx.Node):
-                if a.target is torch.ops.aten.sym_size.int and a.args[1] == 0:
-                    return qg.BatchSize()          # a dynamic-batch export's size arithmetic
-                if not isinstance(a.meta.get("val"), (torch.Tensor, list, tuple)):
-                    raise UnsupportedOpError(f"op {node.name!r} (module {module_name(node)!r}) takes the computed "
-                                             f"value {a.name!r}; float islands take tensors, constants and the batch size")
-                if a.name in self.consts:
-                    return self.consts[a.name].detach().numpy()
-                name = self.float_input(a)
-                refs.append(name)
-                return qg.Ref(name)
-            if isinstance(a, (list, tuple)):
-                return tuple(plain(v) for v in a)
-            return a
-
-        args = plain(node.args)
-        if node.target in BATCHED_SHAPE and len(args) > 1 and args[1] and args[1][0] == self.export_batch:
-            args = (args[0], (qg.BatchSize(), *args[1][1:]), *args[2:])
-        kwargs = tuple((k, plain(v)) for k, v in node.kwargs.items())
-        target = "getitem" if node.target is operator.getitem else str(node.target)
-        out = self.float_value(node)
-        self.nodes.append(qg.FloatOp(node.name, tuple(dict.fromkeys(refs)), out.name, target, args, kwargs,
-                                     why or group.why, module_name(node)))
-
-    # ------------------------------------------------------------------ other ops
-    def add(self, group):
-        node, cur = group.anchor, group.output
-        if self.in_island(group):
-            return self._float_chain(group, "an input is float")
-        ia, ib = self.value(node.args[0]), self.value(node.args[1])
-        out = self.new_value(cur, self.plan.default.act_bits, group.nonneg, group.clamp_hi)
-        M, n = common_shift([ia.scale / out.scale, ib.scale / out.scale])
-        self.nodes.append(qg.Add(node.name, (ia.name, ib.name), out.name, (int(M[0]), int(M[1])), n, out.qmin, out.qmax))
-        self.alias[cur.name] = out.name
-
-    def global_pool(self, group):
-        node = group.anchor
-        if self.in_island(group):
-            return self.float_op(group, "its input is float")
-        ix = self.value(node.args[0])
-        out = self.new_value(node, self.plan.default.act_bits, group.nonneg)
-        hw = ix.shape[1] * ix.shape[2]
-        if hw * max(abs(ix.qmin), abs(ix.qmax)) > _INT32.max:     # the pool's int32 sum
-            raise QuantizationError(f"global pool {node.name!r} can overflow its int32 sum: {hw} pixels x "
-                                    f"{max(abs(ix.qmin), abs(ix.qmax))} > 2^31-1 = {int(_INT32.max)}")
-        M, n = quantize_multiplier(ix.scale / (hw * out.scale))
-        self.nodes.append(qg.GlobalAvgPool(node.name, ix.name, out.name, qg.Requant(M, n, out.qmin, out.qmax)))
-
-    def max_pool(self, group):
-        node = group.anchor
-        args = list(node.args) + [None] * 6
-        kernel = pair(args[1])
-        stride = pair(args[2]) if args[2] else kernel
-        padding = pair(args[3] if args[3] is not None else 0)
-        if self.in_island(group):
-            return self.float_op(group, "its input is float")
-        ix = self.value(node.args[0])
-        self._same_scale(node, ix, tuple(node.meta["val"].shape[1:]))
-        self.nodes.append(qg.MaxPool2d(node.name, ix.name, node.name, kernel, stride, padding))
-
-    def flatten(self, group):
-        node = group.anchor
-        if self.in_island(group):
-            return self.float_op(group, "its input is float")
-        ix = self.value(node.args[0])
-        self._same_scale(node, ix, tuple(node.meta["val"].shape[1:]))
-        self.nodes.append(qg.Flatten(node.name, ix.name, node.name))
-
-    def clamp(self, group):
-        node = group.anchor
-        if self.in_island(group):
-            return self.float_op(group, "its input is float")
-        ix = self.value(node.args[0])
-        hi = ix.qmax
-        if node.target in HARDTANH:
-            hi = min(hi, int(np.floor(hardtanh_bounds(node)[1] / ix.scale + 0.5)))
-        t = qg.TensorInfo(node.name, ix.shape, ix.dtype, ix.scale, max(ix.qmin, 0), hi)
-        self.tensors[t.name] = t
-        self.nodes.append(qg.Clamp(node.name, ix.name, node.name, t.qmin, t.qmax))
-
-    def identity(self, group):
-        node = group.anchor
-        self.alias[node.name] = self.alias.get(node.args[0].name, node.args[0].name)
-
-    def _float_chain(self, group, why):
-        """A fused group (an add with its ReLU) run in float: one ``FloatOp`` per node."""
-        for n in group_nodes(group):
-            self.float_op(Group(FLOAT_OP, n, n), why)
-        if group.output is not group.anchor:
-            self.alias[group.output.name] = group.output.name
-
-    def _same_scale(self, node, ix, shape):
-        self.tensors[node.name] = qg.TensorInfo(node.name, shape, ix.dtype, ix.scale, ix.qmin, ix.qmax)

@@ -1,10 +1,12 @@
 """Which nodes of an exported graph form one integer op: the pattern logic PTQ and QAT share.
 
 ``find_groups`` walks a ``torch.export`` graph once and returns one ``Group`` per integer op: a
-conv / linear with its BatchNorm and ReLU, a residual add with its ReLU, a global average pool, and
-the ops that keep their input's scale (max-pool, flatten, a standalone ReLU, identities). Every
-other operator (or a supported one with arguments the integer path cannot express) is a
-``"float_op"`` group, saying why: it runs in float32 (a float island). The
+conv / linear with its BatchNorm and ReLU, a residual add with its ReLU, an elementwise multiply, a
+concat, average pools, a table (a chain of elementwise ops on one 8-bit value: hardswish, SiLU,
+``x * relu6(x + 3) / 6``), and the ops that keep their input's scale (max-pool, flatten, data
+movement, a standalone ReLU, identities). Every other operator (or a supported one with arguments
+the integer path cannot express) is a ``"float_op"`` group, saying why: it runs in float32 (a float
+island). The
 converter (``hwq.qat.convert``) turns each group into a ``QGraph`` node; QAT prepare
 (``hwq.qat.api``) puts a fake quantizer at each group that ``quantizes``. Both read the same list,
 so the trained model's quantization points are the integer program's by construction.
@@ -13,7 +15,7 @@ so the trained model's quantization points are the integer program's by construc
 from __future__ import annotations
 
 import operator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -27,15 +29,50 @@ BN = {aten.batch_norm.default, aten._native_batch_norm_legit_no_training.default
 RELU = {aten.relu.default, aten.relu_.default}
 HARDTANH = {aten.hardtanh.default, aten.hardtanh_.default, aten.relu6.default}   # relu6 = hardtanh(0, 6)
 ADD = {aten.add.Tensor, aten.add_.Tensor}
+MUL = {aten.mul.Tensor, aten.mul_.Tensor}
+CAT = {aten.cat.default, aten.concat.default}
 GAP = {aten.adaptive_avg_pool2d.default, aten.mean.dim}
 MAXPOOL = {aten.max_pool2d.default}
+AVGPOOL = {aten.avg_pool2d.default}
 FLATTEN = {aten.flatten.using_ints, aten.view.default, aten.reshape.default}
 IDENTITY = {aten.dropout.default, aten.contiguous.default, aten.clone.default, aten.detach.default}
-SUPPORTED_OPS = sorted(str(op) for op in CONV | LINEAR | BN | RELU | HARDTANH | ADD | GAP | MAXPOOL | FLATTEN | IDENTITY)
+SPLIT = {aten.split.Tensor, aten.split_with_sizes.default, aten.chunk.default}
+UPSAMPLE = {aten.upsample_nearest2d.vec, aten.upsample_nearest2d.default}
+PAD = {aten.constant_pad_nd.default, aten.pad.default}
+# pure data movement: exact on integers, the output keeps its input's scale
+MOVE = FLATTEN | SPLIT | UPSAMPLE | PAD | {
+    aten._unsafe_view.default, aten.permute.default, aten.transpose.int, aten.slice.Tensor, aten.unsqueeze.default,
+    aten.squeeze.dim, aten.squeeze.dims, operator.getitem}
+
+
+def _ops(*names):
+    out = set()
+    for name in names:                  # a name this torch lacks is simply not a table op here
+        base, _, overload = name.partition(".")
+        packet = getattr(aten, base, None)
+        if packet is not None and hasattr(packet, overload or "default"):
+            out.add(getattr(packet, overload or "default"))
+    return out
+
+
+# elementwise float ops a table can hold: a chain of them on one 8-bit value is one unary function
+NONNEG_TABLE_OPS = _ops("relu", "relu_", "relu6", "sigmoid", "sigmoid_", "hardsigmoid", "hardsigmoid_", "exp",
+                        "exp_", "abs", "abs_", "sqrt", "sqrt_", "softplus")
+_TABLE_NAMES = ("tanh", "log", "rsqrt", "neg", "erf", "silu", "gelu", "hardswish", "mish", "elu", "leaky_relu",
+                "reciprocal", "square", "clamp", "clamp_min", "clamp_max", "pow.Tensor_Scalar", "add.Tensor",
+                "add.Scalar", "sub.Tensor", "sub.Scalar", "mul.Tensor", "mul.Scalar", "div.Tensor", "div.Scalar")
+TABLE_OPS = NONNEG_TABLE_OPS | HARDTANH | IDENTITY | _ops(
+    "rsub.Scalar", "alias", "log_sigmoid", *_TABLE_NAMES,
+    *(n.replace(".", "_.") if "." in n else n + "_" for n in _TABLE_NAMES))      # the in-place spellings
+_CLAMP_LIKE = RELU | HARDTANH | IDENTITY       # alone they are integer clamps, not tables
+
+SUPPORTED_OPS = sorted(str(op) for op in CONV | LINEAR | BN | RELU | HARDTANH | ADD | MUL | CAT | GAP | MAXPOOL
+                       | AVGPOOL | IDENTITY | MOVE | TABLE_OPS if op is not operator.getitem)
 
 # Group kinds, named after the converter method that lowers them.
 LAYER, ADD_OP, GLOBAL_POOL, MAX_POOL, FLATTEN_OP, CLAMP, IDENTITY_OP, FLOAT_OP = (
     "layer", "add", "global_pool", "max_pool", "flatten", "clamp", "identity", "float_op")
+LUT, MUL_OP, CONCAT, AVG_POOL, MOVE_OP = "lut", "mul", "concat", "avg_pool", "move"
 
 
 @dataclass(frozen=True)
@@ -43,9 +80,10 @@ class Group:
     """One integer op: the fx nodes it absorbs and what its output is.
 
     Attributes:
-        kind: ``"layer"`` (conv / linear), ``"add"``, ``"global_pool"``, ``"max_pool"``,
-            ``"flatten"``, ``"clamp"`` (a standalone ReLU / hardtanh), ``"identity"`` (dropout, clone, ...)
-            or ``"float_op"`` (any other operator: run in float32).
+        kind: ``"layer"`` (conv / linear), ``"add"``, ``"mul"``, ``"concat"``, ``"global_pool"``,
+            ``"avg_pool"``, ``"max_pool"``, ``"flatten"``, ``"move"`` (data movement), ``"clamp"`` (a
+            standalone ReLU / hardtanh), ``"identity"`` (dropout, clone, ...), ``"lut"`` (a chain of
+            elementwise ops on one value: a table) or ``"float_op"`` (any other operator: float32).
         anchor: the op's own node (the conv, the add, ...).
         output: the last node fused into it; later nodes read this value.
         bn: a conv's BatchNorm node, folded into its weights.
@@ -54,6 +92,8 @@ class Group:
         module: qualified name of the conv / linear module (the ``BitPlan`` key); ``""`` otherwise.
         int32_output: a layer whose int32 accumulator is the graph's output (no requantization).
         why: for a ``"float_op"``, why the integer path cannot run it.
+        nodes: a ``"lut"``'s ops, in execution order (the anchor first, the output last).
+        source: a ``"lut"``'s one tensor input.
     """
 
     kind: str
@@ -65,60 +105,105 @@ class Group:
     module: str = ""
     int32_output: bool = False
     why: str = ""
+    nodes: tuple = ()
+    source: torch.fx.Node | None = None
 
     @property
     def quantizes(self) -> bool:
         """Whether the output is a new activation quantization point (an integer tensor with its own scale)."""
-        return self.kind in (LAYER, ADD_OP, GLOBAL_POOL) and not self.int32_output
+        return self.kind in (LAYER, ADD_OP, MUL_OP, CONCAT, GLOBAL_POOL, AVG_POOL, LUT) and not self.int32_output
 
 
-def find_groups(graph: torch.fx.Graph, input_nonneg: bool) -> list[Group]:
+def find_groups(graph: torch.fx.Graph, input_nonneg: bool, user_input: str | None = None) -> list[Group]:
     """Group the call nodes of an exported graph into integer ops, in execution order.
 
     Args:
         graph: ``ExportedProgram.graph``.
         input_nonneg: the model input is >= 0 (decided by the data: images in [0, 1] are).
+        user_input: the model input's placeholder; the others are then constants (weights), which
+            an integer multiply, concat or table does not take. ``None``: every placeholder is a value.
 
     Raises:
         UnsupportedOpError: a graph hwq cannot take at all (a BatchNorm in training mode).
     """
     done: set = set()
-    nonneg = {}                    # fx node name -> whether that value is >= 0
+    consts = {n.name for n in graph.nodes if n.op == "placeholder" and user_input is not None and n.name != user_input}
     groups = []
     for node in graph.nodes:
-        if node.op == "placeholder":
-            nonneg[node.name] = input_nonneg
         if node.op != "call_function" or node.name in done or _is_shape_computation(node):
             continue
-        g = _group(node, nonneg)
+        g = _group(node, consts)
         for n in group_nodes(g):
             done.add(n.name)
-        nonneg[g.output.name] = g.nonneg
         groups.append(g)
-    return groups
+    inputs = {n.name: input_nonneg for n in graph.nodes if n.op == "placeholder" and n.name not in consts}
+    return _settle_signs(_with_tables(groups, {n: i for i, n in enumerate(graph.nodes)}, consts), inputs)
+
+
+def _settle_signs(groups: list, nonneg: dict) -> list:
+    """Ops that keep their inputs' sign (pools, data movement, a product or concat of unsigned values)
+    are unsigned when all their inputs are: set once the tables (whose signs their ops decide) are known."""
+    out = []
+    for g in groups:
+        if g.kind in (MUL_OP, CONCAT, GLOBAL_POOL, AVG_POOL, MAX_POOL, FLATTEN_OP, MOVE_OP, IDENTITY_OP):
+            g = replace(g, nonneg=all(nonneg.get(a.name, False) for a in group_inputs(g)))
+        nonneg[g.output.name] = g.nonneg
+        out.append(g)
+    return out
+
+
+def group_inputs(g: Group) -> list:
+    """The tensor values (fx nodes) group ``g`` reads."""
+    a = g.anchor
+    if g.kind == LUT:
+        return [g.source]
+    if g.kind in (ADD_OP, MUL_OP):
+        return [a.args[0], a.args[1]]
+    if g.kind == CONCAT:
+        return list(a.args[0])
+    if g.kind == FLOAT_OP:
+        return list(a.all_input_nodes)
+    return [a.args[0]]
 
 
 def float_values(groups: list, is_float_layer) -> set:
     """Names of the values computed in float32: the float islands (PTQ's converter and QAT agree on them).
 
     A value is float when a ``"float_op"`` group or a layer the plan keeps in fp32
-    (``is_float_layer(module name)``) computes it, or when an op that has an integer form reads a
-    float value (an add, a pool, a max-pool, a flatten, a clamp: they stay in the island rather
-    than quantize to leave it). Identities follow their input. Only integer layers read float
-    values through a quantize (the island's border).
+    (``is_float_layer(module name)``) computes it; identities follow their input; a table
+    (``"lut"``) is float when its input is, or when only float ops read its result (it then stays
+    in the island rather than leave it and come back). Every other op reads a float value through
+    a quantize (the island's border).
     """
+    readers: dict = {}
+    for g in groups:
+        for a in group_inputs(g):
+            readers.setdefault(a.name, []).append(g)
+
+    def float_reader(g) -> bool:
+        if g.kind == IDENTITY_OP:
+            return only_float_readers(g.output)
+        return g.kind == FLOAT_OP or (g.kind == LAYER and is_float_layer(g.module))
+
+    def only_float_readers(node) -> bool:
+        rs = readers.get(node.name, [])
+        return bool(rs) and not any(u.op == "output" for u in node.users) and all(float_reader(g) for g in rs)
+
     floats: set = set()
     for g in groups:
-        ins = [a.name for a in g.anchor.all_input_nodes]
         if g.kind == FLOAT_OP or (g.kind == LAYER and is_float_layer(g.module)):
             floats.add(g.output.name)
-        elif g.kind in (ADD_OP, GLOBAL_POOL, MAX_POOL, FLATTEN_OP, CLAMP, IDENTITY_OP) and any(i in floats for i in ins):
+        elif g.kind == IDENTITY_OP and g.anchor.args[0].name in floats:
+            floats.add(g.output.name)
+        elif g.kind == LUT and (g.source.name in floats or only_float_readers(g.output)):
             floats.add(g.output.name)
     return floats
 
 
 def group_nodes(g: Group) -> list:
     """Every node of the group, from its anchor to its output."""
+    if g.nodes:
+        return list(g.nodes)
     nodes, cur = [g.anchor], g.anchor
     while cur is not g.output:
         cur = _sole_user(cur)
@@ -190,41 +275,153 @@ def _fuse_activation(cur):
     return cur, False, None
 
 
-def _group(node, nonneg) -> Group:
+def _group(node, consts) -> Group:
     t = node.target
+    _is_tensor = lambda a: _is_value(a, consts)   # noqa: E731
     if t in LINEAR and len(node.args[0].meta["val"].shape) != 2:
         return _float(node, "integer dense takes (N, features) inputs")
     if t in CONV or t in LINEAR:
         return _layer(node)
     if t in ADD:
         a, b = node.args[0], node.args[1]
-        if not (isinstance(a, torch.fx.Node) and isinstance(b, torch.fx.Node)) or node.kwargs.get("alpha", 1) != 1:
+        if not (_is_tensor(a) and _is_tensor(b)) or node.kwargs.get("alpha", 1) != 1:
             return _float(node, "integer add is tensor + tensor (alpha=1)")
         if tuple(a.meta["val"].shape) != tuple(b.meta["val"].shape):
             return _float(node, "integer add takes two tensors of one shape (no broadcasting)")
         out, nn_, hi = _fuse_activation(node)
         return Group(ADD_OP, node, out, nonneg=nn_, clamp_hi=hi)
+    if t in MUL:
+        a, b = node.args[0], node.args[1]
+        if not (_is_tensor(a) and _is_tensor(b)) or a.meta["val"].dim() != b.meta["val"].dim():
+            return _float(node, "integer multiply is tensor x tensor of one rank")
+        return Group(MUL_OP, node, node, )
+    if t in CAT:
+        if not all(_is_tensor(a) for a in node.args[0]):
+            return _float(node, "integer concat takes tensors")
+        return Group(CONCAT, node, node)
     if t in GAP:
         if not _is_global_pool(node):
             return _float(node, "integer pooling is global average pooling to 1x1")
-        return Group(GLOBAL_POOL, node, node, nonneg=nonneg[node.args[0].name])
+        return Group(GLOBAL_POOL, node, node, )
+    if t in AVGPOOL:
+        if node.args[0].meta["val"].dim() != 4:
+            return _float(node, "integer average pooling takes (N, C, H, W) inputs")
+        return Group(AVG_POOL, node, node, )
     if t in MAXPOOL:
         args = list(node.args) + [None] * 6
-        if pair(args[4] if args[4] is not None else 1) != (1, 1) or args[5]:
-            return _float(node, "integer max-pool has no dilation or ceil_mode")
-        return Group(MAX_POOL, node, node, nonneg=nonneg[node.args[0].name])
-    if t in FLATTEN:
-        shape = tuple(node.meta["val"].shape[1:])
-        if len(shape) != 1:
-            return _float(node, f"integer reshape only flattens to (N, features), this one gives {shape!r}")
-        return Group(FLATTEN_OP, node, node, nonneg=nonneg[node.args[0].name])
+        if pair(args[4] if args[4] is not None else 1) != (1, 1):
+            return _float(node, "integer max-pool has no dilation")
+        return Group(MAX_POOL, node, node, )
+    if t in FLATTEN and len(node.meta["val"].shape) == 2 and node.args[0].meta["val"].dim() in (2, 4):
+        return Group(FLATTEN_OP, node, node, )
+    if t in MOVE:
+        why = _not_a_move(node)
+        return _float(node, why) if why else Group(MOVE_OP, node, node)
     if t in RELU or t in HARDTANH:
         if t in HARDTANH and hardtanh_bounds(node)[0] != 0.0:
             return _float(node, f"integer hardtanh has min 0 (ReLU6-like), this one {hardtanh_bounds(node)[0]!r}")
         return Group(CLAMP, node, node, nonneg=True)
     if t in IDENTITY:
-        return Group(IDENTITY_OP, node, node, nonneg=nonneg[node.args[0].name])
+        return Group(IDENTITY_OP, node, node, )
+    if t in TABLE_OPS:
+        return _float(node, "an elementwise op is a table only on one integer value")
     return _float(node, "no integer form")
+
+
+def _is_value(a, consts=()) -> bool:
+    """A tensor the graph computes (or its input), not a constant."""
+    return isinstance(a, torch.fx.Node) and isinstance(a.meta.get("val"), torch.Tensor) and a.name not in consts
+
+
+def _not_a_move(node) -> str:
+    """Why ``node`` (a data-movement op) cannot run on integers, or ``""``."""
+    t, args = node.target, list(node.args)
+    if t is operator.getitem:
+        return "" if args[0].target in SPLIT else "integer getitem reads a split or chunk"
+    if t in UPSAMPLE:
+        (h, w), (oh, ow) = args[0].meta["val"].shape[2:], node.meta["val"].shape[2:]
+        return "" if oh % h == 0 and ow % w == 0 else "integer nearest upsampling is by an integer factor"
+    if t in PAD:
+        pads = args[1]
+        mode = args[2] if len(args) > 2 else node.kwargs.get("mode", "constant")
+        value = args[3] if t is aten.pad.default and len(args) > 3 else (
+            args[2] if t is aten.constant_pad_nd.default and len(args) > 2 else node.kwargs.get("value"))
+        if mode != "constant" or value not in (None, 0) or min(pads) < 0:
+            return "integer padding pads with zeros (constant mode, value 0, no cropping)"
+    return ""
+
+
+def _with_tables(groups: list, order: dict, consts) -> list:
+    """Replace each maximal chain of elementwise ops on one value by one ``"lut"`` group.
+
+    A chain's members are single-node groups of ``TABLE_OPS`` whose tensor arguments all come
+    from one value (its source), either directly or through other members (``x * relu6(x + 3) / 6``
+    reads ``x`` twice). A member read by anything outside the chain ends one (a table each); a
+    chain of clamps and identities alone stays integer clamps.
+    """
+    single = [g.anchor for g in groups if g.anchor is g.output and _table_op(g.anchor, consts)]
+    root: dict = {}
+    for node in single:
+        srcs = {root.get(a, a) for a in node.all_input_nodes}
+        if len(srcs) == 1:
+            root[node] = srcs.pop()
+    tables, keep = {}, set()
+    for node, src in root.items():
+        if node.users and all(root.get(u) is src for u in node.users):
+            continue                                   # inside a chain: only its members read it
+        members, todo = set(), [node]
+        while todo:
+            m = todo.pop()
+            if m not in members and root.get(m) is src:
+                members.add(m)
+                todo.extend(m.all_input_nodes)
+        members = sorted(members, key=order.__getitem__)
+        if all(m.target in _CLAMP_LIKE for m in members):
+            keep.update(members)
+        else:
+            tables[node] = members
+    inside = {m for ms in tables.values() for m in ms} - set(tables) - keep
+    out = []
+    for g in groups:
+        if g.output in tables:
+            ms = tables[g.output]
+            out.append(Group(LUT, ms[0], g.output, nonneg=_nonneg_result(g.output), nodes=tuple(ms),
+                             source=root[g.output]))
+        elif g.anchor not in inside:
+            out.append(g)
+    return out
+
+
+def _table_op(node, consts) -> bool:
+    """An elementwise op on tensors of its own shape and Python scalars (no constants, no broadcasting)."""
+    val = node.meta.get("val")
+    if node.target not in TABLE_OPS or not isinstance(val, torch.Tensor) or not val.is_floating_point():
+        return False
+    for a in [*node.args, *node.kwargs.values()]:
+        if isinstance(a, torch.fx.Node):
+            if not _is_value(a, consts) or tuple(a.meta["val"].shape) != tuple(val.shape):
+                return False
+        elif not isinstance(a, (int, float, bool, str, type(None))):
+            return False
+    return True
+
+
+def _nonneg_result(node) -> bool:
+    """Whether a table's result is >= 0 by its ops (then it is stored unsigned): a nonnegative op
+    (ReLU, sigmoid, ...), or a positive scaling, shift or product of nonnegative values."""
+    t, args = node.target, node.args
+    if t in IDENTITY:
+        return isinstance(args[0], torch.fx.Node) and _nonneg_result(args[0])
+    if t in HARDTANH or t in _ops("clamp", "clamp_"):
+        lo = hardtanh_bounds(node)[0] if t in HARDTANH else (list(args) + [None])[1]
+        return lo is not None and lo >= 0
+    if t in NONNEG_TABLE_OPS:
+        return True
+    if t in _ops("mul.Tensor", "mul_.Tensor", "mul.Scalar", "div.Tensor", "div_.Tensor", "div.Scalar",
+                 "add.Tensor", "add_.Tensor", "add.Scalar"):
+        return all(_nonneg_result(a) if isinstance(a, torch.fx.Node) else (isinstance(a, (int, float)) and a > 0)
+                   for a in args[:2])
+    return False
 
 
 def _layer(node) -> Group:
@@ -250,4 +447,4 @@ def _is_global_pool(node) -> bool:
     if node.target is aten.adaptive_avg_pool2d.default:
         return tuple(pair(node.args[1])) == (1, 1)
     dims = sorted(d % 4 for d in node.args[1])
-    return dims == [2, 3] and bool(node.args[2] if len(node.args) > 2 else node.kwargs.get("keepdim", False))
+    return dims == [2, 3]

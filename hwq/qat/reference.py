@@ -72,10 +72,34 @@ def _global_avg_pool(x, node: qg.GlobalAvgPool):
     return _requant(x.sum(dim=(2, 3), keepdim=True), node.requant, 1)
 
 
-def _max_pool(x, node: qg.MaxPool2d, qmin):
-    ph, pw = node.padding
-    xp = F.pad(x.double(), (pw, pw, ph, ph), value=float(qmin))
-    return F.max_pool2d(xp, node.kernel, node.stride).to(torch.int64)
+def _max_pool(x, node: qg.MaxPool2d):
+    # torch pads with -inf; every window holds an input element, so this equals padding with qmin
+    return F.max_pool2d(x.double(), node.kernel, node.stride, node.padding, ceil_mode=node.ceil_mode).to(torch.int64)
+
+
+def _avg_pool(x, node: qg.AvgPool2d):
+    # window sums (zeros in the padding): exact in float64
+    sums = F.avg_pool2d(x.double(), node.kernel, node.stride, node.padding, node.ceil_mode, True, 1)
+    M = torch.from_numpy(np.asarray(node.requant.multiplier, dtype=np.int64))
+    n = torch.from_numpy(np.asarray(node.requant.shift, dtype=np.int64))
+    y = (sums.round().to(torch.int64) * M + (torch.ones_like(n) << (n - 1))) >> n    # M, n: (H_out, W_out) or ()
+    return y.clamp(node.requant.qmin, node.requant.qmax)
+
+
+def _concat(xs, node: qg.Concat):
+    parts = [x if rq is None else _requant(x, rq, 1) for x, rq in zip(xs, node.requants)]
+    return torch.cat(parts, dim=node.axis)
+
+
+def _move(env, node: qg.Move, batch: int):
+    # data movement is exact in float64 (some of torch's kernels, nearest upsampling, take no int64)
+    def as_float(v):
+        return tuple(as_float(u) for u in v) if isinstance(v, (tuple, list)) else v.double()
+
+    def as_int(v):
+        return tuple(as_int(u) for u in v) if isinstance(v, (tuple, list)) else v.round().to(torch.int64)
+
+    return as_int(_float_op({k: as_float(env[k]) for k in node.inputs}, node, batch))
 
 
 def _quantize(x, node: qg.Quantize):
@@ -108,10 +132,14 @@ def aten_op(target: str):
             op = getattr(op, p)
     except AttributeError:
         raise ConfigError(f"FloatOp target {target!r} is not an operator of this torch") from None
+    # an in-place spelling (``mul_``) runs as its functional twin: a value read again must not change
+    if len(parts) == 3 and parts[1].endswith("_"):
+        twin = getattr(getattr(torch.ops.aten, parts[1][:-1], None), parts[2], None)
+        op = twin if twin is not None else op
     return op
 
 
-def _float_op(env, node: qg.FloatOp, batch: int):
+def _float_op(env, node, batch: int):
     def value(a):
         if isinstance(a, qg.Ref):
             return env[a.name]
@@ -151,7 +179,17 @@ def run_reference(graph: qg.QGraph, x_int: torch.Tensor) -> torch.Tensor:
         elif node.op == "global_avg_pool":
             y = _global_avg_pool(env[node.input], node)
         elif node.op == "max_pool2d":
-            y = _max_pool(env[node.input], node, graph.tensors[node.input].qmin)
+            y = _max_pool(env[node.input], node)
+        elif node.op == "avg_pool2d":
+            y = _avg_pool(env[node.input], node)
+        elif node.op == "lut":
+            y = torch.from_numpy(node.table.astype(np.int64))[env[node.input] - node.input_min]
+        elif node.op == "mul":
+            y = _requant(env[node.inputs[0]] * env[node.inputs[1]], node.requant, 1)
+        elif node.op == "concat":
+            y = _concat([env[i] for i in node.inputs], node)
+        elif node.op == "move":
+            y = _move(env, node, len(x_int))
         elif node.op == "clamp":
             y = env[node.input].clamp(node.qmin, node.qmax)
         elif node.op == "flatten":

@@ -51,18 +51,18 @@ def test_lower_bit_plan_narrows_ranges():
 
 
 def test_op_without_integer_form_becomes_a_float_island():
-    class Sig(torch.nn.Module):
+    class Soft(torch.nn.Module):
         def __init__(self):
             super().__init__()
             self.c = torch.nn.Conv2d(1, 2, 3)
 
         def forward(self, x):
-            return torch.sigmoid(self.c(x))
+            return torch.softmax(self.c(x), 1)
 
-    graph = quantize_ptq(Sig().eval(), torch.rand(4, 1, 8, 8))
+    graph = quantize_ptq(Soft().eval(), torch.rand(4, 1, 8, 8))
     assert [n.op for n in graph.nodes] == ["conv2d", "dequantize", "float"]
-    assert graph.output_info.is_float and "sigmoid" in graph.summary() and "no integer form" in graph.summary()
-    assert [n.name for n, _ in graph.float_nodes()] == ["sigmoid"]
+    assert graph.output_info.is_float and "softmax" in graph.summary() and "no integer form" in graph.summary()
+    assert [n.name for n, _ in graph.float_nodes()] == ["softmax"]
 
 
 def test_plan_with_unknown_layer_is_rejected():
