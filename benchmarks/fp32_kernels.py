@@ -6,9 +6,11 @@ of each model, distinct shapes only) and batch: the kernel's median time under T
 ``time_evaluator`` (``hwq.lower.device.time_function``: 300 ms warm-up, then repeats), its GFLOP/s
 (1 MAC = 2 FLOP) against two peaks: the target file's fp32 peak, and the FMA peak measured here
 by a probe kernel of independent FMA chains on every core (the target file describes one machine;
-the one running this may have other vector units). torch is timed first, in the same process,
-before TVM's thread pool exists (once started it keeps spinning and would steal torch's cores),
-on NCHW (its default) and on channels_last inputs.
+the one running this may have other vector units). torch runs on NCHW (its default) and on
+channels_last inputs. Each engine runs in its own process (TVM's thread pool keeps spinning after
+a call and would steal torch's cores), ``--rounds`` times, alternating; other work on a shared
+machine only ever slows a round down, so each layer reports its best round's median (the JSON
+keeps every round).
 
     nice -n 19 .venv/bin/python benchmarks/fp32_kernels.py          # table + results/fp32_kernels.json
     .venv/bin/python benchmarks/fp32_kernels.py --tune 20            # search tiles first (hwq's tuned-tile file)
@@ -17,7 +19,11 @@ on NCHW (its default) and on channels_last inputs.
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import subprocess
+import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -173,36 +179,32 @@ def tune(layers, kernels, target, tvm_target, budget_s: float, device):
     return found
 
 
-def main():
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--target", default="x86-host")
-    ap.add_argument("--models", default=",".join(MODELS))
-    ap.add_argument("--batches", default="1,16")
-    ap.add_argument("--repeats", type=int, default=7, help="time_evaluator repeats per kernel (median reported)")
-    ap.add_argument("--tune", type=float, default=0.0, metavar="SECONDS",
-                    help="search tiles for SECONDS per layer first, stored in the user's tuned-tile file")
-    ap.add_argument("--name", default="fp32_kernels", help="results/NAME.json")
-    args = ap.parse_args()
+def _setup(args):
+    """(target, threads, batches, layers) of a run; sets the thread counts before any pool starts."""
+    import torch
 
     from hwq.target import load_target
+
     target = load_target(args.target)
-    threads = int(target.tvm.get("num-cores", os.cpu_count()))
-    os.environ.setdefault("TVM_NUM_THREADS", str(threads))   # before TVM's thread pool starts
-    import torch
-    torch.set_num_threads(threads)
+    threads = args.threads or int(target.tvm.get("num-cores", os.cpu_count()))
+    os.environ["TVM_NUM_THREADS"] = str(threads)
+    # torch runs in the TVM child only to read the models' shapes: one thread, no pool to spin
+    torch.set_num_threads(threads if args.engine == "torch" else 1)
     batches = [int(b) for b in args.batches.split(",")]
-    layers = [la for name in args.models.split(",") for la in model_layers(name)]
+    return target, threads, batches, [la for name in args.models.split(",") for la in model_layers(name)]
 
-    print(f"torch {torch.__version__}, {threads} threads ...", flush=True)
-    torch_ms = [{b: time_torch(la, b) for b in batches} for la in layers]
 
+def run_engine(args) -> dict:
+    """Child process: one round of one engine over every layer and batch (or the tile search)."""
+    target, threads, batches, layers = _setup(args)
+    if args.engine == "torch":
+        import torch
+        return {"torch": torch.__version__, "ms": [{b: time_torch(la, b) for b in batches} for la in layers]}
     import tvm
 
     from hwq.lower.device import LocalDevice, time_function
     from hwq.lower.kernels.fp32_conv import float_isa
     from hwq.lower.tvm_target import resolve_features, to_tvm_target
-    from hwq.timing import environment
-    from hwq.fileio import atomic_write_json
 
     target = resolve_features(target)
     isa = float_isa(target)
@@ -210,45 +212,97 @@ def main():
         raise SystemExit(f"target {target.name!r} has no hand float32 kernels (features {target.features})")
     tvm_target, device = to_tvm_target(target), LocalDevice()
     kernels = [build_kernel(la, target) for la in layers]
-    if args.tune > 0:
+    if args.engine == "tune":
         tune(layers, kernels, target, tvm_target, args.tune, device)
-        kernels = [build_kernel(la, target) for la in layers]      # with the tuned tiles
-    peak_file = target.peak_ops_per_s("fp32") / 1e9
-    peak_here = measured_peak_gflops(tvm_target, threads, isa.lanes)
-    rows = []
-    for la, k, tms in zip(layers, kernels, torch_ms):
+        return {}
+    ms = []
+    for k in kernels:
         lib = compile_main(k.func, tvm_target)
+        ms.append({b: time_function(device, lib.mod, "main", kernel_args(k, b, device), repeats=args.repeats)
+                   for b in batches})
+    return {"tvm": tvm.__version__, "isa": isa.feature, "lanes": isa.lanes, "ms": ms,
+            "kernels": [(k.name, vars(k.tile), k.workload) for k in kernels],
+            "peak_gflops": measured_peak_gflops(tvm_target, threads, isa.lanes)}
+
+
+def _child(args, engine: str) -> dict:
+    with tempfile.TemporaryDirectory() as wd:
+        out = Path(wd) / "out.json"
+        argv = [sys.executable, __file__, "--engine", engine, "--out", str(out), "--target", args.target,
+                "--models", args.models, "--batches", args.batches, "--repeats", str(args.repeats),
+                "--threads", str(args.threads), "--tune", str(args.tune)]
+        subprocess.run(argv, check=True)
+        return json.loads(out.read_text())
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--target", default="x86-host")
+    ap.add_argument("--models", default=",".join(MODELS))
+    ap.add_argument("--batches", default="1,16")
+    ap.add_argument("--repeats", type=int, default=7, help="time_evaluator repeats per kernel and round (median)")
+    ap.add_argument("--rounds", type=int, default=3, help="rounds of each engine (the best round's median reported)")
+    ap.add_argument("--tune", type=float, default=0.0, metavar="SECONDS",
+                    help="search tiles for SECONDS per layer first, stored in the user's tuned-tile file")
+    ap.add_argument("--threads", type=int, default=0,
+                    help="threads for TVM and torch (default: the target's cores); the target file's peak is scaled")
+    ap.add_argument("--name", default="fp32_kernels", help="results/NAME.json")
+    ap.add_argument("--engine", help=argparse.SUPPRESS)
+    ap.add_argument("--out", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.engine:
+        Path(args.out).write_text(json.dumps(run_engine(args)))
+        return
+
+    from hwq.fileio import atomic_write_json
+    from hwq.timing import environment
+
+    target, threads, batches, layers = _setup(args)
+    if args.tune > 0:
+        _child(args, "tune")
+    runs = {"torch": [], "tvm": []}
+    for r in range(args.rounds):
+        for engine in runs:   # each in its own process, alternating, so a busy spell hits both
+            print(f"round {r + 1}/{args.rounds}: {engine} ...", flush=True)
+            runs[engine].append(_child(args, engine))
+    tv = runs["tvm"][0]
+    peak_file = target.peak_ops_per_s("fp32") / 1e9 * min(threads, target.compute.units) / target.compute.units
+    peak_here = max(run["peak_gflops"] for run in runs["tvm"])
+    rows = []
+    for i, la in enumerate(layers):
+        name, tile, workload = tv["kernels"][i]
         row = {"model": la["model"], "layer": la["layer"], "kind": la["kind"], "shape": describe(la),
-               "macs_per_image": la["macs"], "kernel": k.name, "tile": vars(k.tile), "workload": k.workload,
-               "batches": {}}
-        for b in batches:
-            med, q1, q3 = time_function(device, lib.mod, "main", kernel_args(k, b, device), repeats=args.repeats)
-            gflops = 2 * la["macs"] * b / med / 1e6
-            best_torch = min(tms[b].values())
-            row["batches"][str(b)] = {
-                "ms": round(med, 4), "q1_ms": round(q1, 4), "q3_ms": round(q3, 4), "gflops": round(gflops, 1),
+               "macs_per_image": la["macs"], "kernel": name, "tile": tile, "workload": workload, "batches": {}}
+        for b in map(str, batches):
+            med, q1, q3 = min((run["ms"][i][b] for run in runs["tvm"]), key=lambda t: t[0])
+            torch_best = {f: min(run["ms"][i][b][f] for run in runs["torch"]) for f in runs["torch"][0]["ms"][i][b]}
+            gflops = 2 * la["macs"] * int(b) / med / 1e6
+            row["batches"][b] = {
+                "ms": round(med, 5), "q1_ms": round(q1, 5), "q3_ms": round(q3, 5), "gflops": round(gflops, 1),
                 "pct_of_target_peak": round(100 * gflops / peak_file, 1),
                 "pct_of_measured_peak": round(100 * gflops / peak_here, 1),
-                "torch_ms": {f: round(v, 4) for f, v in tms[b].items()},
-                "speedup_vs_torch": round(best_torch / med, 2)}
+                "torch_ms": {f: round(v, 5) for f, v in torch_best.items()},
+                "speedup_vs_torch": round(min(torch_best.values()) / med, 2),
+                "rounds_ms": [round(run["ms"][i][b][0], 5) for run in runs["tvm"]],
+                "torch_rounds_ms": [{f: round(v, 5) for f, v in run["ms"][i][b].items()} for run in runs["torch"]]}
         rows.append(row)
-        print(f"  {la['model']:12s} {row['shape']:34s} "
-              + "  ".join(f"b{b}: {row['batches'][str(b)]['gflops']:6.1f} GFLOP/s" for b in batches), flush=True)
 
-    print(f"\n{target.name} ({isa.feature}, {isa.lanes} lanes, {threads} threads); fp32 peak: target file "
+    print(f"\n{target.name} ({tv['isa']}, {tv['lanes']} lanes, {threads} threads); fp32 peak: target file "
           f"{peak_file:.0f} GFLOP/s, measured here {peak_here:.0f} GFLOP/s")
     head = f"{'model':12s} {'layer':34s} {'b':>3s} {'ms':>8s} {'GFLOP/s':>8s} {'%file':>6s} {'%here':>6s} " \
            f"{'torch ms':>9s} {'speedup':>7s}"
     print(head + "\n" + "-" * len(head))
     for row in rows:
         for b, r in row["batches"].items():
-            print(f"{row['model']:12s} {row['shape']:34s} {b:>3s} {r['ms']:8.3f} {r['gflops']:8.1f} "
+            print(f"{row['model']:12s} {row['shape']:34s} {b:>3s} {r['ms']:8.4f} {r['gflops']:8.1f} "
                   f"{r['pct_of_target_peak']:6.1f} {r['pct_of_measured_peak']:6.1f} "
-                  f"{min(r['torch_ms'].values()):9.3f} {r['speedup_vs_torch']:6.2f}x")
-    result = {"benchmark": args.name, "environment": {**environment(), "tvm": tvm.__version__},
-              "target": target.name, "isa": isa.feature, "lanes": isa.lanes, "threads": threads,
-              "peak_gflops": {"target_file": round(peak_file, 1), "measured_fma": round(peak_here, 1)},
-              "torch_threads": torch.get_num_threads(), "tuned_s_per_layer": args.tune, "layers": rows}
+                  f"{min(r['torch_ms'].values()):9.4f} {r['speedup_vs_torch']:6.2f}x")
+    result = {"benchmark": args.name,
+              "environment": {**environment(), "tvm": tv["tvm"], "torch": runs["torch"][0]["torch"]},
+              "target": target.name, "isa": tv["isa"], "lanes": tv["lanes"], "threads": threads,
+              "peak_gflops": {"target_file": round(peak_file, 1), "measured_fma": round(peak_here, 1),
+                              "measured_fma_rounds": [round(run["peak_gflops"], 1) for run in runs["tvm"]]},
+              "tuned_s_per_layer": args.tune, "rounds": args.rounds, "repeats": args.repeats, "layers": rows}
     path = atomic_write_json(RESULTS / f"{args.name}.json", result, indent=1)
     print(f"\nwrote {path.relative_to(RESULTS.parent.parent)}")
 
