@@ -47,7 +47,7 @@ def _clamp(y: torch.Tensor, act) -> torch.Tensor:
 
 
 def _conv_case(seed, hwc, cout, k, stride=1, padding=0, dilation=1, groups=1, act=None, residual=False, bias=True):
-    """(inputs per batch, kernel args, reference per batch) of one conv case, NHWC."""
+    """``(float_conv_kernel args, [(x, residual or None, reference) per batch])`` of one case, NHWC."""
     g = torch.Generator().manual_seed(seed)
     h, w, c = hwc
     weight = torch.randn(cout, c // groups, k, k, generator=g) / (c // groups * k * k) ** 0.5

@@ -11,7 +11,7 @@ Vector width from the target's features: AVX-512 16 lanes (32 registers), AVX2 8
 (32). Output channels that are not a multiple of the width use the narrower vector that needs
 the fewest instructions (24 channels on AVX-512: two 16-lane vectors, the weights padded).
 Tiles come from the tuned-tile files (``tuning.load_configs``: shipped, then ``hwq tune``'s),
-else from a heuristic per register file.
+else from a heuristic per register file. ``benchmarks/fp32_kernels.py`` times them against torch.
 
 Example::
 
