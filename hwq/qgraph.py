@@ -176,6 +176,21 @@ class Mul:
 
 
 @dataclass(frozen=True)
+class ChannelAffine:
+    """A BatchNorm no conv absorbs (after a concat, as in MixNet): per channel ``x * weight[c] + bias[c]``
+    in int32, then requantization (ReLU as the clamp). Its weights are exact: one value per channel,
+    on a per-channel scale."""
+
+    name: str
+    input: str
+    output: str
+    weight: np.ndarray      # int8 (C,)
+    bias: np.ndarray        # int32 (C,)
+    requant: Requant
+    op: str = "channel_affine"
+
+
+@dataclass(frozen=True)
 class Concat:
     """Concatenation along ``axis`` (NCHW numbering): each input requantized onto the output's scale
     (``None``: already on it), then copied."""

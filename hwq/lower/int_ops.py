@@ -21,7 +21,7 @@ def _const(a, dtype):
 
 
 class IntegerOps:
-    """Needs ``emit``, ``layout``, ``requant``, ``cast_clip``, ``dtype``, ``graph``, ``env``, ``put``,
+    """Needs ``emit``, ``layout``, ``channel``, ``requant``, ``cast_clip``, ``dtype``, ``graph``, ``env``, ``put``,
     ``stored_layout`` and ``float_op`` of the emitter."""
 
     def move(self, node: qg.Move):
@@ -49,6 +49,13 @@ class IntegerOps:
         if node.input_min:
             idx = self.emit(relax.op.subtract(idx, _const(node.input_min, "int32")))
         return self.emit(relax.op.take(_const(node.table, self.dtype(node.output)), idx, axis=0, mode="clip"))
+
+    def channel_affine(self, x, node: qg.ChannelAffine):
+        ndim = 1 + len(self.graph.tensors[node.input].shape)
+        x32 = self.emit(relax.op.astype(x, "int32"))
+        acc = self.emit(relax.op.multiply(x32, self.channel(node.weight, ndim, "int32")))
+        acc = self.emit(relax.op.add(acc, self.channel(node.bias, ndim, "int32")))
+        return self.requant(acc, node.requant, ndim, self.dtype(node.output))
 
     def mul(self, xs, node: qg.Mul):
         a, b = (self.emit(relax.op.astype(x, "int32")) for x in xs)     # |a * b| <= 2^16: exact in int32

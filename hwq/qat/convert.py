@@ -228,8 +228,14 @@ class _Converter(IntegerOps):
         return qg.QGraph(self.input, tuple(self.nodes), output, dict(self.tensors), out_scales)
 
     # ------------------------------------------------------------------ conv / linear (+BN, +ReLU)
-    def _layer_weights(self, group):
-        """Integer weights, per-channel scales and float bias of a layer (BN folded)."""
+    def _layer_weights(self, group, x_scale: float):
+        """Integer weights, per-channel scales and float bias of a layer (BN folded).
+
+        A channel's weight scale is at least ``|bias| / (x_scale * 2^30)``, so that its int32 bias
+        fits with room for the sum: a channel whose weights all but vanish next to its bias (one of
+        EfficientNet-Lite0's ImageNet stem channels: BN scaled it to ~1e-11) gets weights of 0 and
+        the bias it computes, rather than a bias beyond int32.
+        """
         node = group.anchor
         if node.name in self.weights:
             wq, s_w, b = self.weights[node.name]
@@ -244,6 +250,7 @@ class _Converter(IntegerOps):
         wq_max = 2 ** (self.plan.spec_for(group.module).weight_bits - 1) - 1
         amax = w.abs().reshape(w.shape[0], -1).amax(dim=1)
         s_w = torch.where(amax > 0, amax / wq_max, torch.ones_like(amax))
+        s_w = torch.maximum(s_w, b.abs() / (x_scale * 2.0 ** 30))
         wq = torch.clamp(torch.round(w / s_w.reshape(-1, *[1] * (w.dim() - 1))), -wq_max, wq_max)
         return wq, s_w, b
 
@@ -253,7 +260,7 @@ class _Converter(IntegerOps):
         if spec.is_float:
             return self.float_layer(group)
         x_info = self.int_input(node.args[0])
-        wq, s_w, b = self._layer_weights(group)
+        wq, s_w, b = self._layer_weights(group, x_info.scale)
         acc_scale = x_info.scale * s_w
         bq = torch.round(b / acc_scale) if b.is_floating_point() else b
         if bq.abs().max() > _INT32.max:

@@ -16,7 +16,7 @@ from hwq import qgraph as qg
 from hwq.errors import QuantizationError, UnsupportedOpError
 from hwq.fixed_point import common_shift, quantize_multiplier
 from hwq.qat.exported import BATCHED_SHAPE, module_name
-from hwq.qat.patterns import FLOAT_OP, HARDTANH, IDENTITY, Group, hardtanh_bounds, pair
+from hwq.qat.patterns import FLOAT_OP, HARDTANH, IDENTITY, Group, fold_batch_norm, hardtanh_bounds, pair
 
 _INT32_MAX = int(np.iinfo(np.int32).max)
 
@@ -158,6 +158,26 @@ class IntegerOps:
                 requants.append(qg.Requant(M, n, out.qmin, out.qmax))
         self.nodes.append(qg.Concat(node.name, tuple(t.name for t in ins), out.name, dim % (len(out.shape) + 1),
                                     tuple(requants)))
+
+    def batch_norm(self, group):
+        """A BatchNorm no conv absorbs: per channel, an exact int8 weight (one value on its own scale), an
+        int32 bias and a requantization (``qg.ChannelAffine``)."""
+        node, cur = group.anchor, group.output
+        x = self.int_input(node.args[0])
+        c = x.shape[0]
+        k, b = fold_batch_norm(group.bn, torch.ones(c, dtype=torch.float64), torch.zeros(c, dtype=torch.float64),
+                               lambda n: self.consts[n.name])
+        wq_max = 2 ** (self.plan.default.weight_bits - 1) - 1
+        s_w = torch.where(k != 0, k.abs() / wq_max, torch.ones_like(k))
+        s_w = torch.maximum(s_w, b.abs() / (x.scale * 2.0 ** 30))        # the bias fits int32 (see ``layer``)
+        wq = torch.clamp(torch.round(k / s_w), -wq_max, wq_max)
+        acc_scale = x.scale * s_w
+        out = self.new_value(cur, self.plan.default.act_bits, group.nonneg, group.clamp_hi)
+        M, n = quantize_multiplier((acc_scale / out.scale).numpy())
+        self.nodes.append(qg.ChannelAffine(node.name, x.name, out.name, wq.numpy().astype(np.int8),
+                                           torch.round(b / acc_scale).numpy().astype(np.int32),
+                                           qg.Requant(M, n, out.qmin, out.qmax)))
+        self.alias[cur.name] = out.name
 
     # ------------------------------------------------------------------ pooling
     def global_pool(self, group):

@@ -72,7 +72,7 @@ SUPPORTED_OPS = sorted(str(op) for op in CONV | LINEAR | BN | RELU | HARDTANH | 
 # Group kinds, named after the converter method that lowers them.
 LAYER, ADD_OP, GLOBAL_POOL, MAX_POOL, FLATTEN_OP, CLAMP, IDENTITY_OP, FLOAT_OP = (
     "layer", "add", "global_pool", "max_pool", "flatten", "clamp", "identity", "float_op")
-LUT, MUL_OP, CONCAT, AVG_POOL, MOVE_OP = "lut", "mul", "concat", "avg_pool", "move"
+LUT, MUL_OP, CONCAT, AVG_POOL, MOVE_OP, BN_OP = "lut", "mul", "concat", "avg_pool", "move", "batch_norm"
 
 
 @dataclass(frozen=True)
@@ -82,7 +82,8 @@ class Group:
     Attributes:
         kind: ``"layer"`` (conv / linear), ``"add"``, ``"mul"``, ``"concat"``, ``"global_pool"``,
             ``"avg_pool"``, ``"max_pool"``, ``"flatten"``, ``"move"`` (data movement), ``"clamp"`` (a
-            standalone ReLU / hardtanh), ``"identity"`` (dropout, clone, ...), ``"lut"`` (a chain of
+            standalone ReLU / hardtanh), ``"batch_norm"`` (one no conv absorbs, with its ReLU),
+            ``"identity"`` (dropout, clone, ...), ``"lut"`` (a chain of
             elementwise ops on one value: a table) or ``"float_op"`` (any other operator: float32).
         anchor: the op's own node (the conv, the add, ...).
         output: the last node fused into it; later nodes read this value.
@@ -111,7 +112,8 @@ class Group:
     @property
     def quantizes(self) -> bool:
         """Whether the output is a new activation quantization point (an integer tensor with its own scale)."""
-        return self.kind in (LAYER, ADD_OP, MUL_OP, CONCAT, GLOBAL_POOL, AVG_POOL, LUT) and not self.int32_output
+        return (self.kind in (LAYER, ADD_OP, MUL_OP, CONCAT, GLOBAL_POOL, AVG_POOL, LUT, BN_OP)
+                and not self.int32_output)
 
 
 def find_groups(graph: torch.fx.Graph, input_nonneg: bool, user_input: str | None = None) -> list[Group]:
@@ -282,6 +284,8 @@ def _group(node, consts) -> Group:
         return _float(node, "integer dense takes (N, features) inputs")
     if t in CONV or t in LINEAR:
         return _layer(node)
+    if t in BN:
+        return _batch_norm(node)
     if t in ADD:
         a, b = node.args[0], node.args[1]
         if not (_is_tensor(a) and _is_tensor(b)) or node.kwargs.get("alpha", 1) != 1:
@@ -422,6 +426,21 @@ def _nonneg_result(node) -> bool:
         return all(_nonneg_result(a) if isinstance(a, torch.fx.Node) else (isinstance(a, (int, float)) and a > 0)
                    for a in args[:2])
     return False
+
+
+def _batch_norm(node) -> Group:
+    """A BatchNorm that follows no conv (a concat's, in MixNet), with the ReLU after it."""
+    if node.args[0].meta["val"].dim() not in (2, 4):
+        return _float(node, "integer batch norm takes (N, C) or (N, C, H, W) inputs")
+    if node.target is aten.batch_norm.default and node.args[5]:
+        raise UnsupportedOpError(f"BatchNorm {node.name!r} is in training mode; call model.eval() first")
+    cur = node
+    if node.target is aten._native_batch_norm_legit_no_training.default:
+        cur = _sole_user(node)
+        if cur is None or cur.target is not operator.getitem or cur.args[1] != 0:
+            return _float(node, "integer batch norm does not give its statistics")
+    cur, nonneg, clamp_hi = _fuse_activation(cur)
+    return Group(BN_OP, node, cur, bn=node, nonneg=nonneg, clamp_hi=clamp_hi)
 
 
 def _layer(node) -> Group:

@@ -86,6 +86,13 @@ def _avg_pool(x, node: qg.AvgPool2d):
     return y.clamp(node.requant.qmin, node.requant.qmax)
 
 
+def _channel_affine(x, node: qg.ChannelAffine):
+    shape = [1, -1] + [1] * (x.dim() - 2)
+    w = torch.from_numpy(node.weight.astype(np.int64)).reshape(shape)
+    b = torch.from_numpy(node.bias.astype(np.int64)).reshape(shape)
+    return _requant(x * w + b, node.requant, 1)
+
+
 def _concat(xs, node: qg.Concat):
     parts = [x if rq is None else _requant(x, rq, 1) for x, rq in zip(xs, node.requants)]
     return torch.cat(parts, dim=node.axis)
@@ -184,6 +191,8 @@ def run_reference(graph: qg.QGraph, x_int: torch.Tensor) -> torch.Tensor:
             y = _avg_pool(env[node.input], node)
         elif node.op == "lut":
             y = torch.from_numpy(node.table.astype(np.int64))[env[node.input] - node.input_min]
+        elif node.op == "channel_affine":
+            y = _channel_affine(env[node.input], node)
         elif node.op == "mul":
             y = _requant(env[node.inputs[0]] * env[node.inputs[1]], node.requant, 1)
         elif node.op == "concat":

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from conftest import randomize_bn
 from hwq.lower import compile_model
 from hwq.qat import quantize_ptq
 from hwq.qat.convert_ops import avg_pool_divisors
@@ -35,18 +36,20 @@ class SamePad(nn.Module):
 
 
 class ConcatSE(nn.Module):
-    """Fire-module concat (two scales onto one), squeeze-excitation gating, mean without keepdim."""
+    """Fire-module concat (two scales onto one), a BatchNorm after it (no conv to fold it into),
+    squeeze-excitation gating, mean without keepdim."""
 
     def __init__(self):
         super().__init__()
         self.stem = _conv(3, 8, 3, padding=1)
         self.e1, self.e3 = _conv(8, 8), _conv(8, 8, 3, padding=1)
+        self.bn = nn.BatchNorm2d(16)
         self.r, self.x = nn.Conv2d(16, 6, 1), nn.Conv2d(6, 16, 1)
         self.fc = nn.Linear(16, 5)
 
     def forward(self, x):
         x = self.stem(x)
-        x = torch.cat([self.e1(x), self.e3(x)], 1)
+        x = F.relu(self.bn(torch.cat([self.e1(x), self.e3(x)], 1)))
         s = torch.sigmoid(self.x(F.relu(self.r(x.mean((2, 3), keepdim=True)))))
         return self.fc((x * s).mean((2, 3)))
 
@@ -107,7 +110,7 @@ def _target(name):
 def quantized(request):
     cls, size = MODELS[request.param]
     torch.manual_seed(0)
-    model = cls().eval()
+    model = randomize_bn(cls())
     x = torch.randn(16, 3, size, size)
     return request.param, model, quantize_ptq(model, x), x
 
@@ -133,7 +136,7 @@ def test_bit_exact(quantized, target):
 def test_ops_are_the_ones_expected(quantized):
     name, _, graph, _ = quantized
     ops = [n.op for n in graph.nodes]
-    expect = {"same_pad": {"move"}, "concat_se": {"concat", "mul", "lut", "global_avg_pool", "flatten"},
+    expect = {"same_pad": {"move"}, "concat_se": {"concat", "channel_affine", "mul", "lut", "global_avg_pool", "flatten"},
               "pools": {"avg_pool2d", "max_pool2d", "move", "concat"}, "shuffle": {"move", "concat"}}[name]
     assert expect <= set(ops)
     if name == "concat_se":    # the widest input is on the output's scale already: copied, not requantized

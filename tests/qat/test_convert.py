@@ -75,3 +75,18 @@ def test_reference_rejects_float_input():
     graph, x = calibrated_graph(*MODELS["reluout"])
     with pytest.raises(ConfigError, match="quantize_input"):
         run_reference(graph, x)
+
+
+def test_channel_with_vanishing_weights_keeps_its_bias():
+    """A channel whose weights all but vanish beside its bias (EfficientNet-Lite0's ImageNet stem has one):
+    its weight scale grows until the int32 bias fits, its weights round to 0, its output is the bias."""
+    conv = torch.nn.Conv2d(3, 4, 3)
+    with torch.no_grad():
+        conv.weight[2] = 1e-12
+        conv.bias[2] = 0.7
+    model = torch.nn.Sequential(conv, torch.nn.ReLU()).eval()
+    x = torch.rand(8, 3, 6, 6)
+    graph = quantize_ptq(model, x)
+    assert np.all(graph.nodes[0].weight[2] == 0) and np.any(graph.nodes[0].weight[0] != 0)
+    y = dequantize_output(graph, run_reference(graph, quantize_input(graph, x)))
+    torch.testing.assert_close(y, model(x), atol=0.01, rtol=0)
