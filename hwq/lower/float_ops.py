@@ -115,11 +115,7 @@ def _max_pool(em, shape, x, kernel, stride=(), padding=0, dilation=1, ceil_mode=
 
 
 def _upsample_nearest(em, shape, x, *_):
-    # torch's "nearest": source index floor(dst * in / out); by an integer factor, each row and column repeated
-    _, _, h, w = em.shape(x)
-    if shape[1] % h == 0 and shape[2] % w == 0:
-        y = em.emit(relax.op.repeat(x, shape[1] // h, axis=2)) if shape[1] != h else x
-        return relax.op.repeat(y, shape[2] // w, axis=3) if shape[2] != w else y
+    # torch's "nearest": source index floor(dst * in / out) == asymmetric coordinates, floor rounding
     return relax.op.image.resize2d(x, tuple(shape[1:]), layout="NCHW", method="nearest_neighbor",
                                    coordinate_transformation_mode="asymmetric", rounding_method="floor")
 

@@ -298,7 +298,7 @@ def _group(node, consts) -> Group:
         a, b = node.args[0], node.args[1]
         if not (_is_tensor(a) and _is_tensor(b)) or a.meta["val"].dim() != b.meta["val"].dim():
             return _float(node, "integer multiply is tensor x tensor of one rank")
-        return Group(MUL_OP, node, node, )
+        return Group(MUL_OP, node, node)
     if t in CAT:
         if not all(_is_tensor(a) for a in node.args[0]):
             return _float(node, "integer concat takes tensors")
@@ -306,18 +306,18 @@ def _group(node, consts) -> Group:
     if t in GAP:
         if not _is_global_pool(node):
             return _float(node, "integer pooling is global average pooling to 1x1")
-        return Group(GLOBAL_POOL, node, node, )
+        return Group(GLOBAL_POOL, node, node)
     if t in AVGPOOL:
         if node.args[0].meta["val"].dim() != 4:
             return _float(node, "integer average pooling takes (N, C, H, W) inputs")
-        return Group(AVG_POOL, node, node, )
+        return Group(AVG_POOL, node, node)
     if t in MAXPOOL:
         args = list(node.args) + [None] * 6
         if pair(args[4] if args[4] is not None else 1) != (1, 1):
             return _float(node, "integer max-pool has no dilation")
-        return Group(MAX_POOL, node, node, )
+        return Group(MAX_POOL, node, node)
     if t in FLATTEN and len(node.meta["val"].shape) == 2 and node.args[0].meta["val"].dim() in (2, 4):
-        return Group(FLATTEN_OP, node, node, )
+        return Group(FLATTEN_OP, node, node)
     if t in MOVE:
         why = _not_a_move(node)
         return _float(node, why) if why else Group(MOVE_OP, node, node)
@@ -326,7 +326,7 @@ def _group(node, consts) -> Group:
             return _float(node, f"integer hardtanh has min 0 (ReLU6-like), this one {hardtanh_bounds(node)[0]!r}")
         return Group(CLAMP, node, node, nonneg=True)
     if t in IDENTITY:
-        return Group(IDENTITY_OP, node, node, )
+        return Group(IDENTITY_OP, node, node)
     if t in TABLE_OPS:
         return _float(node, "an elementwise op is a table only on one integer value")
     return _float(node, "no integer form")

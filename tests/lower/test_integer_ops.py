@@ -154,3 +154,26 @@ def test_avg_pool_divisors_are_torchs(h, k, s, p, ceil, count_include_pad):
     want = (sums / means)[0, 0].round().long().numpy()
     got = avg_pool_divisors((h, h + 1), want.shape, (k, k), (s, s), (p, p), count_include_pad)
     np.testing.assert_array_equal(got, want)
+
+
+def test_what_has_no_exact_integer_form_stays_a_float_island():
+    """Padding with a value other than 0, nearest upsampling by 1.5, a dilated max-pool."""
+    class M(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = _conv(3, 8, 3, padding=1), nn.Conv2d(8, 4, 3)
+
+        def forward(self, x):
+            x = F.pad(self.a(x), [1, 1, 1, 1], value=0.5)
+            x = F.interpolate(x, scale_factor=1.5, mode="nearest")
+            return torch.relu(self.b(F.max_pool2d(x, 3, 1, dilation=2)))
+
+    torch.manual_seed(0)
+    x = torch.randn(8, 3, 6, 6)
+    graph = quantize_ptq(M().eval(), x)
+    assert [n.target for n, _ in graph.float_nodes()] == [
+        "aten.pad.default", "aten.upsample_nearest2d.vec", "aten.max_pool2d.default"]
+    assert "integer padding pads with zeros" in graph.summary()
+    xi = quantize_input(graph, x)
+    out = compile_model(graph, "x86-host").run_int(xi.numpy().astype(graph.input.dtype))
+    assert np.abs(out.astype(np.int64) - run_reference(graph, xi).numpy()).max() <= 1
