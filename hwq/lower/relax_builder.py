@@ -310,8 +310,11 @@ def build_relax_module(graph: qg.QGraph, target=None) -> tvm.IRModule:
     with bb.function("main", [xf]):
         with bb.dataflow():
             e = _Emitter(bb, graph, n)
-            q = e.emit(relax.op.round(e.emit(relax.op.divide(xf, _const(graph.input.scale, "float32")))))
-            q = e.cast_clip(q, graph.input.qmin, graph.input.qmax, graph.input.dtype)
+            if graph.input.is_float:      # the first ops are float: the input goes in as it is
+                q = xf
+            else:
+                q = e.emit(relax.op.round(e.emit(relax.op.divide(xf, _const(graph.input.scale, "float32")))))
+                q = e.cast_clip(q, graph.input.qmin, graph.input.qmax, graph.input.dtype)
             y = e.emit(relax.Call(bb.get().get_global_var("forward_int"), [q]))
             if graph.output_info.is_float:     # a float island ends the graph: nothing to dequantize
                 out = bb.emit_output(relax.op.astype(y, "float32"))

@@ -132,9 +132,12 @@ def _prepare(model, plan, calibration, range_mode, batch_size):
     nodes = _module_nodes(ep, gm)
     in_spec = QuantSpec(8, signed=not input_nonneg)        # the converter's input: always 8-bit, calibrated
     in_name = user_input_name(ep)
-    # which quantizer's scale each value carries (ops without their own keep their input's)
-    carrier = {in_name: _insert_after(gm, nodes[in_name], "input", ActFakeQuantize(in_spec, INPUT))}
-    floats = float_values(groups, lambda m: plan.spec_for(m).is_float)
+    in_node = next(n for n in ep.graph.nodes if n.name == in_name)
+    floats = float_values(groups, lambda m: plan.spec_for(m).is_float, in_node)
+    # which quantizer's scale each value carries (ops without their own keep their input's); an
+    # input only float ops read stays float (the converter does not quantize it either)
+    carrier = {in_name: None if in_name in floats else
+               _insert_after(gm, nodes[in_name], "input", ActFakeQuantize(in_spec, INPUT))}
     borders = _island_borders(ep, gm, nodes, groups, floats, plan, range_mode, calibration, batch_size)
     for g in groups:
         if g.output.name in floats:                 # a float island: the float model's own ops

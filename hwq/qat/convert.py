@@ -21,7 +21,8 @@ from hwq.fixed_point import choose_scale, quantize_multiplier
 from hwq.plan import BitPlan
 from hwq.qat.convert_ops import IntegerOps
 from hwq.qat.exported import check_calibration, constants, export_model, run_graph, user_input_name
-from hwq.qat.patterns import CONV, SUPPORTED_OPS, float_values, fold_batch_norm, find_groups, layer_names, pair
+from hwq.qat.patterns import (CONV, FLOAT_OP, FOLLOW_FLOAT, IDENTITY, SUPPORTED_OPS, Group, float_values, fold_batch_norm,
+                              find_groups, group_nodes, layer_names, pair)
 
 __all__ = ["CALIBRATION_BATCH", "SUPPORTED_OPS", "calibrate", "convert", "export_model", "quantize_ptq"]
 
@@ -174,6 +175,16 @@ class _Converter(IntegerOps):
     def in_island(self, group) -> bool:
         return group.output.name in self.floats
 
+    def _in_float(self, group):
+        """An op with an integer form whose inputs are all float: its nodes as float ops, in the island."""
+        for n in group_nodes(group):
+            if n.target in IDENTITY:
+                self.alias[n.name] = self.alias.get(n.args[0].name, n.args[0].name)
+            elif n.name not in self.tensors:
+                self.float_op(Group(FLOAT_OP, n, n), "every value it reads is float")
+        if group.output.name not in self.tensors and group.output.name not in self.alias:
+            self.alias[group.output.name] = group.output.name
+
     def float_value(self, fx_node) -> qg.TensorInfo:
         val = fx_node.meta.get("val")
         shape = tuple(val.shape[1:]) if isinstance(val, torch.Tensor) else ()
@@ -205,18 +216,26 @@ class _Converter(IntegerOps):
     # ------------------------------------------------------------------ walk
     def run(self) -> qg.QGraph:
         inp = user_input_name(self.ep)
-        lo, hi = self._range("__input__")
-        nonneg = lo >= 0
-        qmax = 255 if nonneg else 127
         in_node = next(n for n in self.ep.graph.nodes if n.name == inp)
-        self.input = qg.TensorInfo(inp, tuple(in_node.meta["val"].shape[1:]), "uint8" if nonneg else "int8",
-                                   self._scale("__input__", lo, hi, 0 if nonneg else -qmax, qmax),
-                                   0 if nonneg else -qmax, qmax)
-        self.tensors[inp] = self.input
+        shape = tuple(in_node.meta["val"].shape[1:])
+        lo, hi = self.ranges.get("__input__", (-1.0, 1.0))    # QAT has no input range when only floats read it
+        nonneg = lo >= 0
         groups = find_groups(self.ep.graph, input_nonneg=nonneg, user_input=inp)
-        self.floats = float_values(groups, lambda m: self.plan.spec_for(m).is_float)
+        self.floats = float_values(groups, lambda m: self.plan.spec_for(m).is_float, in_node)
+        if inp in self.floats:          # only float ops read the input: it stays float, unquantized
+            self.input = qg.TensorInfo(inp, shape, qg.FLOAT, 1.0, 0, 0)
+        else:
+            lo, hi = self._range("__input__")
+            qmax = 255 if nonneg else 127
+            self.input = qg.TensorInfo(inp, shape, "uint8" if nonneg else "int8",
+                                       self._scale("__input__", lo, hi, 0 if nonneg else -qmax, qmax),
+                                       0 if nonneg else -qmax, qmax)
+        self.tensors[inp] = self.input
         for group in groups:
-            getattr(self, group.kind)(group)
+            if group.kind in FOLLOW_FLOAT and self.in_island(group):
+                self._in_float(group)
+            else:
+                getattr(self, group.kind)(group)
         outs = next(n for n in self.ep.graph.nodes if n.op == "output").args[0]
         if len(outs) != 1:
             raise UnsupportedOpError(f"hwq lowers models with one output, this one has {len(outs)}")

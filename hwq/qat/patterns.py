@@ -73,6 +73,10 @@ SUPPORTED_OPS = sorted(str(op) for op in CONV | LINEAR | BN | RELU | HARDTANH | 
 LAYER, ADD_OP, GLOBAL_POOL, MAX_POOL, FLATTEN_OP, CLAMP, IDENTITY_OP, FLOAT_OP = (
     "layer", "add", "global_pool", "max_pool", "flatten", "clamp", "identity", "float_op")
 LUT, MUL_OP, CONCAT, AVG_POOL, MOVE_OP, BN_OP = "lut", "mul", "concat", "avg_pool", "move", "batch_norm"
+# ops with an integer form that stay in a float island when every value they read is float (an
+# add between two fp32 layers, the pool after them: leaving the island only to come back costs
+# a quantize and a dequantize, and precision)
+FOLLOW_FLOAT = (ADD_OP, MUL_OP, CONCAT, GLOBAL_POOL, AVG_POOL, MAX_POOL, FLATTEN_OP, CLAMP, MOVE_OP, BN_OP)
 
 
 @dataclass(frozen=True)
@@ -168,14 +172,16 @@ def group_inputs(g: Group) -> list:
     return [a.args[0]]
 
 
-def float_values(groups: list, is_float_layer) -> set:
+def float_values(groups: list, is_float_layer, model_input: torch.fx.Node | None = None) -> set:
     """Names of the values computed in float32: the float islands (PTQ's converter and QAT agree on them).
 
     A value is float when a ``"float_op"`` group or a layer the plan keeps in fp32
     (``is_float_layer(module name)``) computes it; identities follow their input; a table
     (``"lut"``) is float when its input is, or when only float ops read its result (it then stays
     in the island rather than leave it and come back). Every other op reads a float value through
-    a quantize (the island's border).
+    a quantize (the island's border), unless every value it reads is float (``FOLLOW_FLOAT``: it
+    then stays in the island). ``model_input`` (its placeholder) is float itself when only
+    float ops read it: a model whose first layers run in float takes its float input as it is.
     """
     readers: dict = {}
     for g in groups:
@@ -192,10 +198,14 @@ def float_values(groups: list, is_float_layer) -> set:
         return bool(rs) and not any(u.op == "output" for u in node.users) and all(float_reader(g) for g in rs)
 
     floats: set = set()
+    if model_input is not None and only_float_readers(model_input):
+        floats.add(model_input.name)
     for g in groups:
         if g.kind == FLOAT_OP or (g.kind == LAYER and is_float_layer(g.module)):
             floats.add(g.output.name)
         elif g.kind == IDENTITY_OP and g.anchor.args[0].name in floats:
+            floats.add(g.output.name)
+        elif g.kind in FOLLOW_FLOAT and group_inputs(g) and all(a.name in floats for a in group_inputs(g)):
             floats.add(g.output.name)
         elif g.kind == LUT and (g.source.name in floats or only_float_readers(g.output)):
             floats.add(g.output.name)

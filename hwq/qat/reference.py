@@ -22,7 +22,10 @@ _EXACT_LIMIT = 2 ** 53
 
 
 def quantize_input(graph: qg.QGraph, x: torch.Tensor) -> torch.Tensor:
-    """Float input -> integers: ``clamp(round_half_even(x / scale))`` in float32, as int64."""
+    """Float input -> integers: ``clamp(round_half_even(x / scale))`` in float32, as int64 (a graph
+    whose first ops are float takes the float32 input as it is)."""
+    if graph.input.is_float:
+        return x.float()
     q = torch.round(x.float() / torch.tensor(graph.input.scale, dtype=torch.float32))
     return q.clamp(graph.input.qmin, graph.input.qmax).to(torch.int64)
 
@@ -170,12 +173,12 @@ def run_reference(graph: qg.QGraph, x_int: torch.Tensor) -> torch.Tensor:
         >>> y = run_reference(graph, quantize_input(graph, images))
         >>> logits = dequantize_output(graph, y)
     """
-    if x_int.is_floating_point():
+    if x_int.is_floating_point() != graph.input.is_float:
         raise ConfigError("run_reference takes the integer input; call quantize_input(graph, x) first")
     if x_int.dim() != 1 + len(graph.input.shape) or tuple(x_int.shape[1:]) != tuple(graph.input.shape):
         raise DataError(f"integer input has shape {tuple(x_int.shape)}; this graph takes "
                         f"(N, {', '.join(map(str, graph.input.shape))})")
-    env = {graph.input.name: x_int.to(torch.int64)}
+    env = {graph.input.name: x_int.float() if graph.input.is_float else x_int.to(torch.int64)}
     for node in graph.nodes:
         if node.op == "conv2d":
             y = _conv(env[node.input], node)

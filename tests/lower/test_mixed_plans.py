@@ -73,3 +73,16 @@ def test_random_mixed_plan_matches_the_reference(name, target):
     kinds = {n.op for n in graph.nodes}
     assert {"float_conv2d", "conv2d", "quantize", "dequantize"} <= kinds
     check_against_reference(graph, target, quantize_input(graph, x))
+
+
+def test_every_layer_fp32_is_the_float_model():
+    """A plan with every layer in fp32: a float input, float adds and pools between the layers (no
+    quantize anywhere), and the float model's outputs up to float32 summation order."""
+    model, shape = models()["mobilenetv2"]
+    x = torch.randn(4, *shape)
+    names = layer_names(export_model(model, x[:1]).graph)
+    graph = quantize_ptq(model, x, BitPlan(layers={n: LayerSpec.parse("fp32") for n in names}))
+    assert graph.input.is_float and not {"quantize", "dequantize", "conv2d", "add"} & {n.op for n in graph.nodes}
+    out = compile_model(graph, "x86-host")(x.numpy())
+    with torch.no_grad():
+        np.testing.assert_allclose(out, model(x).numpy(), rtol=1e-3, atol=1e-3)
