@@ -10,7 +10,6 @@ import torch
 from torch import nn
 
 import hwq.demo as demo
-import hwq.lower
 from hwq.data import FashionMNIST
 from hwq.models.train import to_float_input
 
@@ -40,7 +39,6 @@ def test_demo_accuracy_uses_dequantized_logits(monkeypatch):
     monkeypatch.setattr(demo, "load_fashion_mnist", lambda split, data_dir=None: data)
     monkeypatch.setattr(demo, "load_or_train", lambda m, d, c, log=print: (model, True))
     monkeypatch.setattr(demo, "median_ms", lambda fn, **kw: (fn(), 1.0)[1])
-    monkeypatch.setattr(hwq.lower, "compile_float", lambda m, x, t: (lambda xn: m(torch.from_numpy(xn))))
 
     r = demo.run_demo(demo.DemoConfig(calibration_images=200, batch_sizes=(1,)), log=lambda s: None)
     acc = r["accuracy"]

@@ -72,6 +72,12 @@ def layer_ops(graph: qg.QGraph, node, kernel, workload, nhwc: bool) -> list[Glue
     return ops
 
 
+# the other ops of a graph, priced as memory passes (hwq's tables, products, concats, moves, pools,
+# float islands and their borders)
+_ELEMENTWISE_PASSES = ("lut", "mul", "concat", "move", "avg_pool2d", "channel_affine", "quantize", "dequantize",
+                       "float", "float_conv2d", "float_dense")
+
+
 def graph_ops(graph: qg.QGraph, target: Target) -> list[GlueOp]:
     """The glue that does not depend on any layer's option: input quantize, layout moves, pools,
     the adds no conv could fuse, the output dequantize."""
@@ -89,6 +95,11 @@ def graph_ops(graph: qg.QGraph, target: Target) -> list[GlueOp]:
             ops.append(GlueOp(node.name, node.op, _elems(t[node.input].shape) + _elems(t[node.output].shape)))
         elif node.op == "flatten" and nhwc and _elems(t[node.input].shape[1:]) > 1:
             ops.append(GlueOp(node.name, "layout", 2.0 * _elems(t[node.input].shape)))
+        elif node.op in _ELEMENTWISE_PASSES:
+            # one pass over inputs and output (float values at 4 bytes per element)
+            ins = node.inputs if hasattr(node, "inputs") else (node.input,)
+            size = lambda name: _elems(t[name].shape) * (4 if t[name].is_float else 1)   # noqa: E731
+            ops.append(GlueOp(node.name, node.op, sum(size(i) for i in ins if i in t) + size(node.output)))
     out = graph.output_info
     width = 4 if out.dtype == "int32" else 1
     ops.append(GlueOp(graph.output, "dequantize", (width + 4.0) * _elems(out.shape)))

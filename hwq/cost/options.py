@@ -215,7 +215,8 @@ def layer_options(workload: Workload, target: Target, output_quantized: bool = T
 
 def tensor_bits(graph, plan: BitPlan) -> dict:
     """``{tensor name: bits}`` of every activation of ``graph`` when quantized with ``plan``: a
-    conv / dense output has its layer's ``act_bits`` (an fp32 layer's is quantized at the plan's
+    conv / dense output has its layer's ``act_bits``; tables, products, concats, average pools the
+    plan's default (an fp32 layer's is quantized at the plan's
     default where an integer layer reads it), an add's or a pool's the plan's default, the model
     input 8; max-pool, clamp and flatten keep their input's width."""
     bits = {graph.input.name: 8}
@@ -223,11 +224,17 @@ def tensor_bits(graph, plan: BitPlan) -> dict:
         if node.op in ("conv2d", "dense"):
             spec = plan.spec_for(node.name)
             bits[node.output] = plan.default.act_bits if spec.is_float else spec.act_bits
-        elif node.op in ("add", "global_avg_pool"):
+        elif node.op in _NEW_SCALE:
             bits[node.output] = plan.default.act_bits
-        else:
-            bits[node.output] = bits[node.input]
+        else:     # same scale: a max-pool, clamp, flatten, data movement (first input's width)
+            first = node.inputs[0] if hasattr(node, "inputs") else node.input
+            bits[node.output] = bits.get(first, plan.default.act_bits)
     return bits
+
+
+# ops whose output is a new activation quantized at the plan's default width (or float)
+_NEW_SCALE = ("add", "global_avg_pool", "avg_pool2d", "lut", "mul", "concat", "channel_affine", "quantize",
+              "dequantize", "float", "float_conv2d", "float_dense")
 
 
 @dataclass(frozen=True)

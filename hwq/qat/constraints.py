@@ -116,7 +116,8 @@ class Lagrangian(nn.Module):
             g = [self._layer(layer, *seen[layer]) for layer in self.layers]
         if self.with_output:
             g.append(output_constraint(out_fp, out_q, self.mode))
-        return loss, torch.stack(g), out_q.detach()
+        # a plan with every layer in fp32 has no quantized layer: no constraints, plain training
+        return loss, torch.stack(g) if g else loss.new_zeros(0), out_q.detach()
 
     def _layer(self, layer, z, q):
         # f_l^q(z) from the quantized pass is reused when nothing needs its gradient: always in the

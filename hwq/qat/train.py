@@ -187,7 +187,7 @@ class _Trainer:
             totals[2] += len(y)
             self.step += 1
             bar.set_postfix(loss=f"{totals[0] / totals[2]:.4f}", acc=f"{100 * totals[1] / totals[2]:.2f}",
-                            max_slack=f"{float((epoch_sum / self.epoch_n).max()):.4f}", sum_lambda=f"{float(self.lam.sum()):.4g}")
+                            max_slack=f"{_max(epoch_sum / self.epoch_n):.4f}", sum_lambda=f"{float(self.lam.sum()):.4g}")
             if (checkpoint is not None and self.rank == 0 and self.checkpoint_steps
                     and self.step % self.checkpoint_steps == 0 and self.step < self.steps_per_epoch):
                 self._save(checkpoint)
@@ -201,7 +201,7 @@ class _Trainer:
         totals = _all_sum(torch.tensor(totals, dtype=torch.float64), self.world)
         self.last_epoch_slack = _all_sum(epoch_sum, self.world) / _all_sum(torch.tensor(float(self.epoch_n)), self.world)
         row = {"epoch": epoch + 1, "loss": float(totals[0] / totals[2]), "train_accuracy": float(100 * totals[1] / totals[2]),
-               "max_slack": float(self.last_epoch_slack.max()), "sum_lambda": float(self.lam.sum())}
+               "max_slack": _max(self.last_epoch_slack), "sum_lambda": float(self.lam.sum())}
         self.history.append(row)
         log(f"epoch {row['epoch']}/{self.config.epochs}: loss {row['loss']:.4f}, quantized train acc "
             f"{row['train_accuracy']:.2f}%, max slack {row['max_slack']:+.4g}, sum lambda {row['sum_lambda']:.4g}")
@@ -250,3 +250,8 @@ class _Trainer:
         output = rows.pop() if self.config.eps_output is not None else None
         return SensitivityReport(tuple(rows), output, config=json.loads(self.config.to_json()), history=tuple(self.history),
                                  accuracy=accuracy)
+
+
+def _max(t: torch.Tensor) -> float:
+    """The largest slack (0 when no layer is constrained: every layer of the plan in fp32)."""
+    return float(t.max()) if t.numel() else 0.0
