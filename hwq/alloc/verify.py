@@ -4,8 +4,8 @@ The cost model predicts a whole plan within a few percent (``benchmarks/cost_fid
 a knapsack solution sits at its budget by construction, so about half of the plans land just over
 it when measured. ``meet_measured_budget`` closes that loop with the device itself: when the
 measured latency exceeds the budget by more than the tolerance, the budget the solver sees is
-scaled by ``budget / measured`` (the model's error on this very plan) and the problem is solved
-again, a few rounds at most. Pure: the caller passes the solver and the measurement.
+set to the plan's own prediction times ``budget / measured`` (the model's error on this very
+plan) and the problem is solved again, a few rounds at most. Pure: the caller passes the solver and the measurement.
 """
 
 from __future__ import annotations
@@ -66,14 +66,18 @@ def meet_measured_budget(solve, measure, budget_ms: float, tolerance: float = 0.
                 break                   # the fastest plan is measured already: nothing faster to try
             solver_budget = fastest     # tightened below the fastest plan: measure the fastest once
             continue
-        if any(s.choice == sol.choice for s, _, _ in tried):
-            break                       # the solver gives a plan already measured: no progress
+        again = next((t for t in tried if t[0].choice == sol.choice), None)
+        if again is not None:           # a plan already measured: ask for less than it predicts
+            solver_budget = min(solver_budget, sol.latency_ms * budget_ms / again[1]) * (1 - 0.01)
+            continue
         ms = float(measure(sol))
         rounds.append((solver_budget, sol.latency_ms, ms))
         tried.append((sol, ms, solver_budget))
         if ms <= budget_ms * (1 + tolerance):
             return Verified(sol, ms, budget_ms, solver_budget, True, tuple(rounds))
-        # the model under-predicted this plan by measured / predicted: ask for that much less
-        solver_budget = min(solver_budget * budget_ms / ms, solver_budget * (1 - 0.5 * tolerance))
+        # the model under-predicted this plan by measured / predicted: the next plan must predict
+        # at most this plan's prediction scaled by budget / measured (a solver budget above the
+        # plan's own prediction would give the same plan back)
+        solver_budget = min(solver_budget, sol.latency_ms * budget_ms / ms) * (1 - 0.01)
     sol, ms, sb = min(tried, key=lambda t: t[1])
     return Verified(sol, ms, budget_ms, sb, ms <= budget_ms * (1 + tolerance), tuple(rounds))

@@ -50,3 +50,13 @@ def test_unreachable_budgets_report_the_fastest_measured_or_the_fastest_plan():
     assert not v.met and v.measured_ms == pytest.approx(2 * fastest)
     with pytest.raises(ConfigError, match="tolerance"):
         meet_measured_budget(lambda b: None, lambda s: 0.0, 1.0, tolerance=-0.1)
+
+
+def test_tightening_starts_from_the_plans_prediction_not_the_solver_budget():
+    """A plan predicted well under the solver's budget but measured over the user's: asking for
+    budget x budget / measured would give the same plan back; the next plan must predict less than it."""
+    p = _problem(seed=3)
+    measure = lambda sol: 1.25 * p.latency(sol.choice)                       # noqa: E731
+    budget = 0.6 * p.latency((0,) * 12) + 0.4 * p.latency((3,) * 12)
+    v = meet_measured_budget(lambda b: solve_exact(p, b), measure, budget, tolerance=0.0, max_rounds=6)
+    assert v.met and v.measured_ms <= budget and len({r[1] for r in v.rounds}) == len(v.rounds)
