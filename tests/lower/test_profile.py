@@ -13,7 +13,7 @@ from hwq.cost.machine import this_cpu
 from hwq.errors import DeviceError
 from hwq.lower.profile import kernel_workloads, measure_kernels, measure_model, record_model
 from hwq.lower.tvm_target import resolve_features
-from hwq.plan import BitPlan
+from hwq.plan import BitPlan, LayerSpec
 from hwq.target import load_target
 
 AVX2 = "x86-avx2"    # AVX2 kernels run on every x86 machine hwq is tested on; three kernel families
@@ -29,12 +29,15 @@ def _profile(graph, device=None, path=None):
 def test_local_profile_measures_every_kernel_of_every_option(rescnn_graph, tmp_path):
     target, table = _profile(rescnn_graph, path=tmp_path / "t.json")
     pairs = kernel_workloads([rescnn_graph], target)
-    assert {k.name for _, k in pairs} == {"x86-avx2", "x86-avx2-maddubs", "x86-avx2-s4"}
+    assert {k.name for _, k in pairs} == {"x86-avx2", "x86-avx2-maddubs", "x86-avx2-s4", "fp32-avx2"}
     assert len(table.kernels) == 2 * len(pairs)
     assert all(m.median_ms > 0 and m.q1_ms <= m.median_ms <= m.q3_ms and m.repeats == 3 for m in table.kernels.values())
     assert LatencyTable.load(tmp_path / "t.json").kernels == table.kernels      # saved as it went
     est = CostModel(target, table).plan(rescnn_graph, BitPlan(), batch=4)
     assert {r.estimate.source for r in est.rows} == {"measured"}
+    fp32 = BitPlan(layers={r.name: LayerSpec.parse("fp32") for r in est.rows})
+    rows = CostModel(target, table).plan(rescnn_graph, fp32, batch=4).rows
+    assert {(r.estimate.kernel, r.estimate.source) for r in rows} == {("fp32-avx2", "measured")}
     # resuming measures nothing twice
     assert measure_kernels([rescnn_graph], target, table, batches=(1, 4), repeats=3, progress=False) == 0
 
