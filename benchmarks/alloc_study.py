@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
 import statistics
 import sys
 import time
@@ -166,7 +165,7 @@ def study(name, args, log) -> dict:
             g = solve_greedy(alloc.problem, b)
             solver.append({"budget_ms": b, "method": m, "exact_loss": sol.loss, "greedy_loss": g.loss,
                            "exact_s": sol.seconds, "greedy_s": g.seconds})
-            rows.append(_row(b, m, 0, alloc, _verified(alloc, b, evaluate, args), evaluate, log))
+            rows.append(_row(b, m, 0, alloc, *_verified(alloc, b, evaluate, args), evaluate, log))
         if name != "mobilenetv2":
             rows.append(_budget_dual(model, calib, train_data, ref, b, evaluate, log))
         for seed in range(args.random):
@@ -174,7 +173,7 @@ def study(name, args, log) -> dict:
             noise = {layer: dict(zip([o for o in sens["measured"].values[layer]],
                                      rng.random(len(sens["measured"].values[layer])))) for layer in sens["measured"].values}
             ralloc = build_allocation(graph, cost, lambda layer, opts: [noise[layer][o] for o in opts], args.batch)
-            rows.append(_row(b, "random", seed, ralloc, _verified(ralloc, b, evaluate, args), evaluate, log))
+            rows.append(_row(b, "random", seed, ralloc, *_verified(ralloc, b, evaluate, args), evaluate, log))
     return {"target": target.name, "batch": args.batch, "table": display_path(table.path), "methods": methods,
             "sensitivity_seconds": seconds, "uniform": uniform, "budgets": budgets, "plans": rows, "solver": solver,
             "sensitivities": {m: json.loads(s.to_json()) for m, s in sens.items()},
@@ -183,27 +182,23 @@ def study(name, args, log) -> dict:
 
 def _verified(alloc, budget, evaluate, args):
     """The exact plan, re-solved at a tighter budget while its measured latency is over budget + 3 %
-    (``hwq allocate --verify``); returns the Solution with the rounds attached."""
+    (``hwq allocate --verify``); returns the Solution and the verify rounds (None unverified)."""
     from hwq.alloc.solve import solve_exact
     from hwq.alloc.verify import meet_measured_budget
 
     if not args.verify:
-        return solve_exact(alloc.problem, budget)
+        return solve_exact(alloc.problem, budget), None
     # verified to the budget itself: a second measurement of the same plan (after fine-tuning)
     # differs by a few percent on this shared machine, which the 3 % of the criterion absorbs
     v = meet_measured_budget(lambda b: solve_exact(alloc.problem, b), lambda s: evaluate.latency(alloc.plan(s.choice)),
                              budget, tolerance=0.0, max_rounds=5)
-    _ROUNDS[v.solution.choice] = v.rounds
-    return v.solution
+    return v.solution, v.rounds
 
 
-_ROUNDS: dict = {}
-
-
-def _row(budget, method, seed, alloc, sol, evaluate, log) -> dict:
+def _row(budget, method, seed, alloc, sol, rounds, evaluate, log) -> dict:
     plan = alloc.plan(sol.choice)
     r = {"budget_ms": budget, "method": method, "seed": seed, "predicted_ms": sol.latency_ms, "loss": sol.loss,
-         "plan": json.loads(plan.to_json()), "verify_rounds": _ROUNDS.get(sol.choice), **evaluate(plan)}
+         "plan": json.loads(plan.to_json()), "verify_rounds": rounds, **evaluate(plan)}
     log(f"  budget {budget:8.3f} ms {method:9s} {seed}: predicted {sol.latency_ms:8.3f}, measured {r['measured_ms']:8.3f} ms "
         f"({r['measured_ms'] / budget - 1:+6.1%} of budget), accuracy {r['accuracy']:.2f}%")
     return r
@@ -223,7 +218,7 @@ def _budget_dual(model, calib, train_data, alloc, budget, evaluate, log) -> dict
                             BudgetQATConfig(epochs=1, finetune_epochs=1), log=lambda s: None)
 
     sol = Solution.of(alloc.problem, res.choice, "budget-dual", 0.0)
-    r = _row(budget, "budget-dual", 0, alloc, sol, evaluate, log)
+    r = _row(budget, "budget-dual", 0, alloc, sol, None, evaluate, log)
     r.update({"mu": res.mu, "loss_per_ms": res.loss_per_ms, "repaired": res.repaired, "expected_ms": res.expected_ms})
     return r
 

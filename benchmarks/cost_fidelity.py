@@ -19,9 +19,7 @@ Writes benchmarks/results/cost_fidelity.json (+ .png) with the machine, versions
 from __future__ import annotations
 
 import argparse
-import json
 import random
-import statistics
 import sys
 import time
 from pathlib import Path

@@ -88,3 +88,46 @@ def rescnn_graph():
     """A small ResCNN (width 8) quantized W8A8 on random data."""
     model, shape, signed = zoo_models()["rescnn"]
     return calibrated_graph(model, shape, signed)[0]
+
+
+def check_borders(graph, target, x_int) -> bool:
+    """Each float -> integer border (``Quantize``) of ``graph`` alone, built for ``target``: equal to
+    the reference, or 1 LSB away on at most 1 % of its elements. Returns whether all were equal."""
+    from hwq.lower import compile_model
+    from hwq.qat.reference import run_reference
+
+    agree = True
+    for node in graph.nodes:
+        if node.op != "quantize":
+            continue
+        sub = graph.up_to(node.output)
+        ref = run_reference(sub, x_int).numpy()
+        out = compile_model(sub, target).run_int(x_int.numpy().astype(sub.input.dtype))
+        diff = np.abs(out.astype(np.int64) - ref)
+        assert diff.max() <= 1 and (diff > 0).mean() <= 0.01, (node.name, diff.max(), (diff > 0).mean())
+        agree &= not diff.any()
+    return agree
+
+
+def aarch64_userland():
+    """``(qemu binary, cache directory with root/ and site/)`` for running aarch64 builds, or skip
+    saying what is missing (built once by ``scripts/aarch64_sysroot.sh``)."""
+    import shutil
+    import subprocess
+    from pathlib import Path
+
+    qemu = shutil.which("qemu-aarch64-static") or shutil.which("qemu-aarch64")
+    if qemu is None:
+        pytest.skip("qemu-aarch64 not found (Debian package qemu-user or qemu-user-static)")
+    if shutil.which("aarch64-linux-gnu-g++") is None:
+        pytest.skip("aarch64-linux-gnu-g++ not found (Debian package g++-aarch64-linux-gnu)")
+    script = Path(__file__).resolve().parents[1] / "scripts" / "aarch64_sysroot.sh"
+    try:
+        proc = subprocess.run(["bash", str(script)], capture_output=True, text=True, timeout=1800)
+    except subprocess.TimeoutExpired:
+        pytest.skip("scripts/aarch64_sysroot.sh took over 30 minutes (slow or no network?)")
+    if proc.returncode != 0:
+        tail = " | ".join(proc.stderr.strip().splitlines()[-3:])
+        pytest.skip(f"the aarch64 user space could not be built (scripts/aarch64_sysroot.sh exited "
+                    f"{proc.returncode}; no network or no apt-get?): {tail}")
+    return qemu, Path(proc.stdout.strip().splitlines()[-1])

@@ -54,30 +54,32 @@ def meet_measured_budget(solve, measure, budget_ms: float, tolerance: float = 0.
     if not budget_ms > 0 or not tolerance >= 0 or max_rounds < 1:
         raise ConfigError(f"budget_ms must be > 0, tolerance >= 0 and max_rounds >= 1, got "
                           f"{budget_ms!r}, {tolerance!r}, {max_rounds!r}")
-    solver_budget, rounds, tried = budget_ms, [], []
+    solver_budget, tried = budget_ms, []          # tried: (solution, measured ms, solver budget)
+
+    def verified(sol, ms, sb):
+        rounds = tuple((b, t.latency_ms, m) for t, m, b in tried)
+        return Verified(sol, ms, budget_ms, sb, ms <= budget_ms * (1 + tolerance), rounds)
+
     for _ in range(max_rounds):
         try:
             sol = solve(solver_budget)
         except InfeasibleBudgetError as e:
             if not tried:
                 raise                   # the user's budget itself is below the fastest plan
-            fastest = None if e.fastest_ms is None else e.fastest_ms * (1 + 1e-9)
-            if fastest is None or any(b >= fastest * (1 - 1e-9) and b <= fastest * (1 + 1e-9) for _, _, b in tried):
+            if e.fastest_ms is None or any(t.latency_ms <= e.fastest_ms * (1 + 1e-9) for t, _, _ in tried):
                 break                   # the fastest plan is measured already: nothing faster to try
-            solver_budget = fastest     # tightened below the fastest plan: measure the fastest once
+            solver_budget = e.fastest_ms * (1 + 1e-9)   # tightened below it: measure the fastest once
             continue
-        again = next((t for t in tried if t[0].choice == sol.choice), None)
+        again = next((m for t, m, _ in tried if t.choice == sol.choice), None)
         if again is not None:           # a plan already measured: ask for less than it predicts
-            solver_budget = min(solver_budget, sol.latency_ms * budget_ms / again[1]) * (1 - 0.01)
+            solver_budget = min(solver_budget, sol.latency_ms * budget_ms / again) * (1 - 0.01)
             continue
         ms = float(measure(sol))
-        rounds.append((solver_budget, sol.latency_ms, ms))
         tried.append((sol, ms, solver_budget))
         if ms <= budget_ms * (1 + tolerance):
-            return Verified(sol, ms, budget_ms, solver_budget, True, tuple(rounds))
+            return verified(sol, ms, solver_budget)
         # the model under-predicted this plan by measured / predicted: the next plan must predict
         # at most this plan's prediction scaled by budget / measured (a solver budget above the
         # plan's own prediction would give the same plan back)
         solver_budget = min(solver_budget, sol.latency_ms * budget_ms / ms) * (1 - 0.01)
-    sol, ms, sb = min(tried, key=lambda t: t[1])
-    return Verified(sol, ms, budget_ms, sb, ms <= budget_ms * (1 + tolerance), tuple(rounds))
+    return verified(*min(tried, key=lambda t: t[1]))

@@ -72,8 +72,8 @@ def _float_layer(wl: Workload, kernel: KernelFamily, target: Target, rng):
     return k
 
 
-def _time_float_kernel(k, wl: Workload, target: Target, device, batches, repeats, rng) -> dict:
-    exe = tvm.compile(tvm.IRModule({"main": k.func.with_attr("global_symbol", "main")}), to_tvm_target(target))
+def _time_float_kernel(k, wl: Workload, target: Target, tvm_target, device, batches, repeats, rng) -> dict:
+    exe = tvm.compile(tvm.IRModule({"main": k.func.with_attr("global_symbol", "main")}), tvm_target)
     mod = device.load(exe, target, f"k{abs(hash((wl.key, k.name))) % 10**10}")
     in_shape = (wl.in_channels,) if wl.op == "dense" else (*wl.in_shape[1:], wl.in_shape[0])
     out = {}
@@ -156,7 +156,7 @@ def measure_kernels(graphs, target: Target, table: LatencyTable, device: LocalDe
             break
         if kernel.dtype == "fp32":
             k = _float_layer(wl, kernel, target, rng)
-            times = _time_float_kernel(k, wl, target, device, batches, repeats, rng)
+            times = _time_float_kernel(k, wl, target, tvm_target, device, batches, repeats, rng)
         else:
             k, in_info = _synthetic_layer(wl, kernel, target, rng)
             times = _time_kernel(k, in_info, wl, target, tvm_target, device, batches, repeats, rng)

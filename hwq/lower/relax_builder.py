@@ -190,9 +190,14 @@ class _Emitter(IntegerOps):
 
     def quantize(self, node: qg.Quantize):
         lay = self.stored_layout(node.input)
-        q = self.emit(relax.op.round(self.emit(relax.op.divide(self.get(node.input, lay),
-                                                                 _const(np.float32(node.scale), "float32")))))
-        self.put(node.output, self.cast_clip(q, node.qmin, node.qmax, self.dtype(node.output)), lay)
+        self.put(node.output, self.round_to_grid(self.get(node.input, lay), node.scale, node.qmin, node.qmax,
+                                                 self.dtype(node.output)), lay)
+
+    def round_to_grid(self, x, scale: float, qmin: int, qmax: int, dtype: str):
+        """``clamp(round_half_even(x / scale))`` in float32, cast to ``dtype``: the model input's
+        quantization and every ``Quantize`` (one IEEE division, so torch rounds the same)."""
+        q = self.emit(relax.op.round(self.emit(relax.op.divide(x, _const(np.float32(scale), "float32")))))
+        return self.cast_clip(q, qmin, qmax, dtype)
 
     def float_conv2d(self, x, node: qg.FloatConv2d):
         kernel = None
@@ -313,8 +318,7 @@ def build_relax_module(graph: qg.QGraph, target=None) -> tvm.IRModule:
             if graph.input.is_float:      # the first ops are float: the input goes in as it is
                 q = xf
             else:
-                q = e.emit(relax.op.round(e.emit(relax.op.divide(xf, _const(graph.input.scale, "float32")))))
-                q = e.cast_clip(q, graph.input.qmin, graph.input.qmax, graph.input.dtype)
+                q = e.round_to_grid(xf, graph.input.scale, graph.input.qmin, graph.input.qmax, graph.input.dtype)
             y = e.emit(relax.Call(bb.get().get_global_var("forward_int"), [q]))
             if graph.output_info.is_float:     # a float island ends the graph: nothing to dequantize
                 out = bb.emit_output(relax.op.astype(y, "float32"))

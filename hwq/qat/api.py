@@ -35,8 +35,8 @@ from hwq.qat.convert import CALIBRATION_BATCH, calibrate, convert
 from hwq.qat.exported import check_calibration, constants, export_model, user_input_name
 from hwq.qat.fake_quant import ActFakeQuantize
 from hwq.qat.modules import QuantLayer
-from hwq.qat.patterns import (IDENTITY, IDENTITY_OP, LAYER, find_groups, float_values, fold_batch_norm,
-                              group_inputs, group_nodes, layer_names)
+from hwq.qat.patterns import (IDENTITY, IDENTITY_OP, LAYER, find_groups, float_values, group_inputs, group_nodes,
+                              layer_names, layer_weights)
 from hwq.spec import RANGE_MODES, QuantSpec
 
 STEPS = ("prepare", "convert")
@@ -245,11 +245,7 @@ def _insert_after(gm, node, name, quantizer, only=None):
 
 def _replace_layer(gm, nodes, g, consts, plan, range_mode):
     anchor = g.anchor
-    w = consts[anchor.args[1].name].detach().double()
-    b_node = anchor.args[2] if len(anchor.args) > 2 else None
-    b = consts[b_node.name].detach().double() if b_node is not None else torch.zeros(w.shape[0], dtype=torch.float64)
-    if g.bn is not None:
-        w, b = fold_batch_norm(g.bn, w, b, lambda n: consts[n.name])
+    w, b = layer_weights(g, lambda n: consts[n.name])
     spec = plan.spec_for(g.module)
     w_spec = replace(spec.weight_spec(), range_mode=range_mode)
     a_spec = None if g.int32_output else replace(spec.act_spec(signed=not g.nonneg), range_mode=range_mode)

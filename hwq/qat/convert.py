@@ -21,8 +21,8 @@ from hwq.fixed_point import choose_scale, quantize_multiplier
 from hwq.plan import BitPlan
 from hwq.qat.convert_ops import IntegerOps
 from hwq.qat.exported import check_calibration, constants, export_model, run_graph, user_input_name
-from hwq.qat.patterns import (CONV, FLOAT_OP, FOLLOW_FLOAT, IDENTITY, SUPPORTED_OPS, Group, float_values, fold_batch_norm,
-                              find_groups, group_nodes, layer_names, pair)
+from hwq.qat.patterns import (CONV, FLOAT_OP, FOLLOW_FLOAT, IDENTITY, SUPPORTED_OPS, Group, conv_arguments,
+                              find_groups, float_values, group_nodes, layer_names, layer_weights)
 
 __all__ = ["CALIBRATION_BATCH", "SUPPORTED_OPS", "calibrate", "convert", "export_model", "quantize_ptq"]
 
@@ -259,12 +259,7 @@ class _Converter(IntegerOps):
         if node.name in self.weights:
             wq, s_w, b = self.weights[node.name]
             return torch.as_tensor(wq).double(), torch.as_tensor(s_w).double(), torch.as_tensor(b)
-        w_node = node.args[1]
-        b_node = node.args[2] if len(node.args) > 2 else None
-        w = self.consts[w_node.name].detach().double()
-        b = self.consts[b_node.name].detach().double() if b_node is not None else torch.zeros(w.shape[0], dtype=torch.float64)
-        if group.bn is not None:
-            w, b = fold_batch_norm(group.bn, w, b, lambda n: self.consts[n.name])
+        w, b = layer_weights(group, lambda n: self.consts[n.name])
         # weights: symmetric, per output channel, narrow range [-qmax, qmax]
         wq_max = 2 ** (self.plan.spec_for(group.module).weight_bits - 1) - 1
         amax = w.abs().reshape(w.shape[0], -1).amax(dim=1)
@@ -297,9 +292,7 @@ class _Converter(IntegerOps):
         common = dict(name=name or node.name, input=x_info.name, output=out.name,
                       weight=wq.numpy().astype(np.int8), bias=bq.numpy().astype(np.int32), requant=requant)
         if node.target in CONV:
-            stride, padding, dilation = (pair(a) for a in (list(node.args[3:6]) + [1, 0, 1][len(node.args[3:6]):]))
-            groups = int(node.args[6]) if len(node.args) > 6 else 1
-            self.nodes.append(qg.Conv2d(stride=stride, padding=padding, dilation=dilation, groups=groups, **common))
+            self.nodes.append(qg.Conv2d(**conv_arguments(node), **common))
         else:
             self.nodes.append(qg.Dense(**common))
         self.alias[cur.name] = out.name
@@ -308,19 +301,13 @@ class _Converter(IntegerOps):
         """A conv / linear the plan keeps in fp32: BN folded in float64, then stored as float32."""
         node, cur = group.anchor, group.output
         x = self.float_input(node.args[0])
-        w = self.consts[node.args[1].name].detach().double()
-        b_node = node.args[2] if len(node.args) > 2 else None
-        b = self.consts[b_node.name].detach().double() if b_node is not None else torch.zeros(w.shape[0], dtype=torch.float64)
-        if group.bn is not None:
-            w, b = fold_batch_norm(group.bn, w, b, lambda n: self.consts[n.name])
+        w, b = layer_weights(group, lambda n: self.consts[n.name])
         clamp = (0.0, float("inf") if group.clamp_hi is None else group.clamp_hi) if group.nonneg else None
         out = self.float_value(cur)
         common = dict(name=group.module or node.name, input=x, output=out.name, weight=w.float().numpy(),
                       bias=b.float().numpy(), clamp=clamp)
         if node.target in CONV:
-            stride, padding, dilation = (pair(a) for a in (list(node.args[3:6]) + [1, 0, 1][len(node.args[3:6]):]))
-            groups = int(node.args[6]) if len(node.args) > 6 else 1
-            self.nodes.append(qg.FloatConv2d(stride=stride, padding=padding, dilation=dilation, groups=groups, **common))
+            self.nodes.append(qg.FloatConv2d(**conv_arguments(node), **common))
         else:
             self.nodes.append(qg.FloatDense(**common))
         self.alias[cur.name] = out.name

@@ -201,10 +201,7 @@ class IntegerOps:
 
     def avg_pool(self, group):
         node = group.anchor
-        args = list(node.args) + [None] * 7
-        kernel = pair(args[1])
-        stride = pair(args[2]) if args[2] else kernel
-        padding = pair(args[3] if args[3] is not None else 0)
+        args, kernel, stride, padding = _pool_window(node)
         ceil_mode = bool(args[4])
         count_include_pad = True if args[5] is None else bool(args[5])
         ix = self.int_input(node.args[0])
@@ -224,10 +221,7 @@ class IntegerOps:
 
     def max_pool(self, group):
         node = group.anchor
-        args = list(node.args) + [None] * 6
-        kernel = pair(args[1])
-        stride = pair(args[2]) if args[2] else kernel
-        padding = pair(args[3] if args[3] is not None else 0)
+        args, kernel, stride, padding = _pool_window(node)
         ix = self.int_input(node.args[0])
         self._same_scale(node, ix, tuple(node.meta["val"].shape[1:]))
         self.nodes.append(qg.MaxPool2d(node.name, ix.name, node.name, kernel, stride, padding, bool(args[5])))
@@ -255,3 +249,11 @@ class IntegerOps:
 
     def _same_scale(self, node, ix, shape):
         self.tensors[node.name] = qg.TensorInfo(node.name, shape, ix.dtype, ix.scale, ix.qmin, ix.qmax)
+
+
+def _pool_window(node) -> tuple:
+    """``(arguments padded with None to 7, kernel, stride, padding)`` of a max / avg pool node
+    (stride defaults to the kernel, padding to 0, as in torch)."""
+    args = list(node.args) + [None] * (7 - len(node.args))
+    kernel = pair(args[1])
+    return args, kernel, pair(args[2]) if args[2] else kernel, pair(args[3] if args[3] is not None else 0)

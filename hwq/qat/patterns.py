@@ -228,6 +228,25 @@ def layer_names(graph: torch.fx.Graph) -> list[str]:
     return [module_name(n) for n in graph.nodes if n.op == "call_function" and n.target in CONV | LINEAR]
 
 
+def layer_weights(group: Group, tensor_of) -> tuple:
+    """The float64 weight and bias of a conv / linear group, its BatchNorm folded in (a layer
+    without a bias gets zeros). ``tensor_of(node)`` returns the constant behind a parameter node."""
+    node = group.anchor
+    w = tensor_of(node.args[1]).detach().double()
+    b_node = node.args[2] if len(node.args) > 2 else None
+    b = tensor_of(b_node).detach().double() if b_node is not None else torch.zeros(w.shape[0], dtype=torch.float64)
+    if group.bn is not None:
+        w, b = fold_batch_norm(group.bn, w, b, tensor_of)
+    return w, b
+
+
+def conv_arguments(node: torch.fx.Node) -> dict:
+    """``stride``, ``padding``, ``dilation`` (pairs) and ``groups`` of an ``aten.conv2d`` node, with torch's defaults."""
+    stride, padding, dilation = (pair(a) for a in (list(node.args[3:6]) + [1, 0, 1][len(node.args[3:6]):]))
+    return {"stride": stride, "padding": padding, "dilation": dilation,
+            "groups": int(node.args[6]) if len(node.args) > 6 else 1}
+
+
 def fold_batch_norm(bn: torch.fx.Node, w: torch.Tensor, b: torch.Tensor, tensor_of) -> tuple:
     """Fold an inference-mode BatchNorm into the preceding conv's weight and bias (float64).
 

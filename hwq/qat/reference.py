@@ -26,8 +26,14 @@ def quantize_input(graph: qg.QGraph, x: torch.Tensor) -> torch.Tensor:
     whose first ops are float takes the float32 input as it is)."""
     if graph.input.is_float:
         return x.float()
-    q = torch.round(x.float() / torch.tensor(graph.input.scale, dtype=torch.float32))
-    return q.clamp(graph.input.qmin, graph.input.qmax).to(torch.int64)
+    return _round_to_grid(x, graph.input.scale, graph.input.qmin, graph.input.qmax)
+
+
+def _round_to_grid(x, scale: float, qmin: int, qmax: int) -> torch.Tensor:
+    """``clamp(round_half_even(x / scale), qmin, qmax)`` in float32, as int64: the model input's
+    quantization and every float island's ``Quantize``."""
+    q = torch.round(x.float() / torch.tensor(scale, dtype=torch.float32))
+    return q.clamp(qmin, qmax).to(torch.int64)
 
 
 def dequantize_output(graph: qg.QGraph, y: torch.Tensor) -> torch.Tensor:
@@ -110,11 +116,6 @@ def _move(env, node: qg.Move, batch: int):
         return tuple(as_int(u) for u in v) if isinstance(v, (tuple, list)) else v.round().to(torch.int64)
 
     return as_int(_float_op({k: as_float(env[k]) for k in node.inputs}, node, batch))
-
-
-def _quantize(x, node: qg.Quantize):
-    q = torch.round(x.float() / torch.tensor(node.scale, dtype=torch.float32))
-    return q.clamp(node.qmin, node.qmax).to(torch.int64)
 
 
 def _clamp(y, clamp):
@@ -209,7 +210,7 @@ def run_reference(graph: qg.QGraph, x_int: torch.Tensor) -> torch.Tensor:
         elif node.op == "dequantize":
             y = env[node.input].float() * torch.tensor(graph.tensors[node.input].scale, dtype=torch.float32)
         elif node.op == "quantize":
-            y = _quantize(env[node.input], node)
+            y = _round_to_grid(env[node.input], node.scale, node.qmin, node.qmax)
         elif node.op == "float_conv2d":
             y = _float_conv(env[node.input], node)
         elif node.op == "float_dense":

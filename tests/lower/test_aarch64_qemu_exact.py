@@ -9,7 +9,6 @@ fault rather than pass. Needs ``qemu-aarch64``, the aarch64 cross linker and an 
 
 import json
 import os
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -17,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import calibrated_graph, zoo_models
+from conftest import aarch64_userland, calibrated_graph, zoo_models
 from test_mixed_plans import mixed_plan
 from test_mixed_plans import models as mixed_models
 from hwq.lower import compile_model
@@ -35,32 +34,18 @@ BATCHES = (1, 5)
 
 
 @pytest.fixture(scope="module")
-def aarch64_userland():
+def userland():
     """(qemu binary, cache directory with ``root/`` and ``site/``), or skip."""
-    qemu = shutil.which("qemu-aarch64-static") or shutil.which("qemu-aarch64")
-    if qemu is None:
-        pytest.skip("qemu-aarch64 not found (Debian package qemu-user or qemu-user-static)")
-    if shutil.which("aarch64-linux-gnu-g++") is None:
-        pytest.skip("aarch64-linux-gnu-g++ not found (Debian package g++-aarch64-linux-gnu)")
-    try:
-        proc = subprocess.run(["bash", str(REPO / "scripts" / "aarch64_sysroot.sh")], capture_output=True,
-                              text=True, timeout=1800)
-    except subprocess.TimeoutExpired:
-        pytest.skip("scripts/aarch64_sysroot.sh took over 30 minutes (slow or no network?)")
-    if proc.returncode != 0:
-        tail = " | ".join(proc.stderr.strip().splitlines()[-3:])
-        pytest.skip(f"the aarch64 user space could not be built (scripts/aarch64_sysroot.sh exited "
-                    f"{proc.returncode}; no network or no apt-get?): {tail}")
-    return qemu, Path(proc.stdout.strip().splitlines()[-1])
+    return aarch64_userland()
 
 
 @pytest.fixture(scope="module")
-def runs(aarch64_userland, tmp_path_factory):
+def runs(userland, tmp_path_factory):
     """Build every model for every target, run all of a target's in one qemu process.
 
     Returns ``{target: (stderr of the run, {(model, batch): (output path, reference, dtype)})}``.
     """
-    qemu, cache = aarch64_userland
+    qemu, cache = userland
     work = tmp_path_factory.mktemp("aarch64")
     graphs = {name: calibrated_graph(model, shape, signed)[0] for name, (model, shape, signed) in MODELS.items()}
     for name, (model, shape) in mixed_models().items():      # float, 8-, 7- and 4-bit layers in one plan

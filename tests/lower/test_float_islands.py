@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from conftest import check_borders
 from hwq.lower import compile_model
 from hwq.plan import BitPlan, LayerSpec
 from hwq.qat import quantize_ptq
@@ -52,19 +53,6 @@ def _model():
     return Islands().eval()
 
 
-def _check_quantize_points(graph, compiled_target, x_int):
-    """Each float -> integer border alone: equal, or 1 LSB away on at most 1 % of the elements."""
-    for node in graph.nodes:
-        if node.op != "quantize":
-            continue
-        sub = graph.up_to(node.output)
-        ref = run_reference(sub, x_int).numpy()
-        out = compile_model(sub, compiled_target).run_int(x_int.numpy().astype(sub.input.dtype))
-        diff = np.abs(out.astype(np.int64) - ref)
-        assert diff.max() <= 1, node.name
-        assert (diff > 0).mean() <= 0.01, (node.name, (diff > 0).mean())
-
-
 @pytest.mark.parametrize("target", ["x86-host", "x86-avx2"])
 def test_float_islands_match_the_reference(target):
     model = _model()
@@ -79,7 +67,7 @@ def test_float_islands_match_the_reference(target):
     assert out.dtype == np.float32
     np.testing.assert_allclose(out, ref.numpy(), atol=2e-2)     # a 1-LSB flip upstream moves the softmax a little
     torch.testing.assert_close(dequantize_output(graph, ref), model(x), atol=0.05, rtol=0)
-    _check_quantize_points(graph, target, x_int)
+    check_borders(graph, target, x_int)
 
 
 def test_fp32_layers_in_a_plan_run_in_float():

@@ -9,9 +9,7 @@ qemu-user, as ``test_aarch64_qemu_exact.py`` does; skipped, saying why, without 
 
 import os
 import re
-import shutil
 import subprocess
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,12 +17,12 @@ import torch
 import torch.nn.functional as F
 import tvm
 
+from conftest import aarch64_userland
 from hwq.errors import DataError
 from hwq.lower.kernels.fp32_conv import FloatKernel, float_conv_kernel, float_dense_kernel, vector_block
 from hwq.lower.tvm_target import cross_fcompile, resolve_features, to_tvm_target
 from hwq.target import load_target
 
-REPO = Path(__file__).resolve().parents[2]
 INF = float("inf")
 RELU, RELU6 = (0.0, INF), (0.0, 6.0)
 BATCHES = (1, 3)
@@ -208,23 +206,9 @@ for stem in sys.argv[2:]:
 """
 
 
-def _aarch64_userland():
-    qemu = shutil.which("qemu-aarch64-static") or shutil.which("qemu-aarch64")
-    if qemu is None:
-        pytest.skip("qemu-aarch64 not found (Debian package qemu-user or qemu-user-static)")
-    if shutil.which("aarch64-linux-gnu-g++") is None:
-        pytest.skip("aarch64-linux-gnu-g++ not found (Debian package g++-aarch64-linux-gnu)")
-    proc = subprocess.run(["bash", str(REPO / "scripts" / "aarch64_sysroot.sh")], capture_output=True, text=True,
-                          timeout=1800)
-    if proc.returncode != 0:
-        pytest.skip(f"the aarch64 user space could not be built (scripts/aarch64_sysroot.sh exited "
-                    f"{proc.returncode}; no network or no apt-get?)")
-    return qemu, Path(proc.stdout.strip().splitlines()[-1])
-
-
 @pytest.mark.slow
 def test_neon_build_under_qemu(tmp_path):
-    qemu, cache = _aarch64_userland()
+    qemu, cache = aarch64_userland()
     target = load_target("raspberry-pi-5")
     funcs, expected = {}, {}
     for case in ("3x3-residual-relu", "stem-3x3-s2-3ch-relu6", "depthwise-3x3-s2", "odd-cout-10-residual"):

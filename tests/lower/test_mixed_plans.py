@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import check_borders
 from hwq.lower import compile_model
 from hwq.models import ResCNN
 from hwq.models.batch_norm import calibrate_batch_norm
@@ -43,16 +44,7 @@ def models():
 
 def check_against_reference(graph, compiled_for, x_int):
     """Each border alone, then the whole program (exact where the borders agree)."""
-    borders_agree = True
-    for node in graph.nodes:
-        if node.op != "quantize":
-            continue
-        sub = graph.up_to(node.output)
-        ref = run_reference(sub, x_int).numpy()
-        out = compile_model(sub, compiled_for).run_int(x_int.numpy().astype(sub.input.dtype))
-        diff = np.abs(out.astype(np.int64) - ref)
-        assert diff.max() <= 1 and (diff > 0).mean() <= 0.01, (node.name, diff.max(), (diff > 0).mean())
-        borders_agree &= not diff.any()
+    borders_agree = check_borders(graph, compiled_for, x_int)
     ref = run_reference(graph, x_int).numpy()
     out = compile_model(graph, compiled_for).run_int(x_int.numpy().astype(graph.input.dtype))
     if graph.output_info.is_float:
