@@ -14,7 +14,10 @@ and the duals ascend on their slacks averaged over a period, projected onto >= 0
 relative slack). The relative slack makes μ unit-free; μ / budget is then the price of one ms in
 loss, which the report stores (``SensitivityReport.latency_dual``). At the end p is rounded (argmax
 per group), checked against the exact solver, repaired with its plan if the rounding broke the
-budget, fixed in the model, and fine-tuned with ``train_constrained``.
+budget, fixed in the model, and fine-tuned with ``train_constrained``. Given ``measure`` (a plan ->
+measured ms on the device), the rounding is verified before the fine-tune: while the rounded plan
+measures over the budget, p is rounded again at a tighter budget (``hwq.alloc.verify``), so the
+plan kept meets the budget when measured, not only as predicted.
 
 The search phase trains through the quantized path (straight-through rounding, the ``"ste"`` mode)
 whatever ``qat.gradient_mode`` says: in the ``"fp"`` mode the task loss never sees quantization, so
@@ -38,8 +41,10 @@ from torch.utils.data import DataLoader, RandomSampler
 from hwq.alloc.build import Allocation
 from hwq.alloc.layer_bits import named_layers
 from hwq.alloc.relaxation import BudgetRelaxation, round_choice, set_plan_
+from hwq.alloc.problem import Solution
 from hwq.alloc.solve import solve_exact
-from hwq.errors import ConfigError
+from hwq.alloc.verify import meet_measured_budget
+from hwq.errors import ConfigError, InfeasibleBudgetError
 from hwq.plan import BitPlan
 from hwq.qat.config import QATConfig
 from hwq.qat.constraints import Lagrangian, dual_step
@@ -107,6 +112,8 @@ class BudgetResult:
         exact_ms: latency of the exact solver's most probable plan within the budget.
         report: the fine-tune's ``SensitivityReport``, with ``latency_dual`` = ``loss_per_ms``.
         accuracy: the fine-tuned model's accuracy on ``eval_data`` (percent), or None.
+        measured_ms: the kept plan's measured latency (None without ``measure``).
+        verify_rounds: ``(solver budget, predicted ms, measured ms)`` of every rounding measured.
     """
 
     choice: tuple
@@ -121,6 +128,8 @@ class BudgetResult:
     exact_ms: float
     report: SensitivityReport
     accuracy: float | None
+    measured_ms: float | None = None
+    verify_rounds: tuple | None = None
 
     @property
     def loss_per_ms(self) -> float:
@@ -130,7 +139,8 @@ class BudgetResult:
 
 def train_with_budget(prepared: torch.nn.Module, data, allocation: Allocation, budget_ms: float,
                       qat: QATConfig = QATConfig(), config: BudgetQATConfig = BudgetQATConfig(), *,
-                      eval_data=None, progress: bool = False, log=print) -> BudgetResult:
+                      eval_data=None, measure=None, tolerance: float = 0.03, progress: bool = False,
+                      log=print) -> BudgetResult:
     """Search a plan within ``budget_ms`` by constrained QAT with the budget as a dual, then fine-tune it.
 
     Args:
@@ -142,30 +152,65 @@ def train_with_budget(prepared: torch.nn.Module, data, allocation: Allocation, b
         qat: the layer constraints (search and fine-tune) and the fine-tune's schedule.
         config: the search's schedule and the number of fine-tune epochs.
         eval_data: optional dataset for the final accuracy.
+        measure: optional ``BitPlan -> measured ms`` (compile and time on the device): the rounded
+            plan is re-rounded at a tighter budget while it measures over ``budget_ms * (1 + tolerance)``.
+        tolerance: the timing noise ``measure`` may use, as a fraction of the budget.
         progress: tqdm bars in the fine-tune.
         log: where the per-epoch summary lines go.
 
     Raises:
         ConfigError: a budget that is not a positive number, a model whose layers or default spec
             differ from the allocation's.
-        InfeasibleBudgetError: no plan meets the budget (raised before any training).
+        InfeasibleBudgetError: no plan meets the budget (raised before any training; with
+            ``measure``, a budget below the fastest plan as predicted searches towards that plan
+            and fails only if it measures over the budget too).
     """
-    _check(prepared, allocation, budget_ms)
+    search_ms = _check(prepared, allocation, budget_ms, measured=measure is not None)
     relaxation = BudgetRelaxation(allocation, config.temperature)
-    mu, mu_history, expected_ms = _search(prepared, data, relaxation, budget_ms, qat, config, log)
-    r = round_choice(relaxation, budget_ms)
-    problem = allocation.problem
-    log(f"rounded {problem.describe(r.rounded)}: {r.rounded_ms:.4g} ms (budget {budget_ms:.4g} ms)"
-        + (f"; over budget, repaired to {problem.describe(r.choice)}: {r.exact_ms:.4g} ms" if r.repaired else ""))
+    mu, mu_history, expected_ms = _search(prepared, data, relaxation, search_ms, qat, config, log)
+    r, measured, rounds = _rounded(relaxation, budget_ms, measure, tolerance, log)
     plan = set_plan_(prepared, allocation, r.choice)
     report = train_constrained(prepared, data, replace(qat, epochs=config.finetune_epochs), eval_data=eval_data,
                                progress=progress, log=log)
     report = replace(report, latency_dual=mu / budget_ms, latency_budget_ms=float(budget_ms))
     return BudgetResult(r.choice, plan, float(budget_ms), mu, mu_history, expected_ms, r.rounded, r.rounded_ms,
-                        r.repaired, r.exact_ms, report, report.accuracy)
+                        r.repaired, r.exact_ms, report, report.accuracy, measured, rounds)
 
 
-def _check(prepared, allocation: Allocation, budget_ms) -> None:
+def _rounded(relaxation: BudgetRelaxation, budget_ms: float, measure, tolerance: float, log):
+    """Round p within the budget; with ``measure``, re-round tighter while the plan measures over it.
+    Returns (Rounding, measured ms or None, verify rounds or None)."""
+    allocation = relaxation.allocation
+    problem = allocation.problem
+
+    def rounding(b):
+        r = round_choice(relaxation, b)
+        log(f"rounded {problem.describe(r.rounded)}: {r.rounded_ms:.4g} ms (solver budget {b:.4g} ms)"
+            + (f"; over it, repaired to {problem.describe(r.choice)}: {r.exact_ms:.4g} ms" if r.repaired else ""))
+        return r
+
+    if measure is None:
+        return rounding(budget_ms), None, None
+    tried = {}                                    # choice -> its Rounding (verify works on Solutions)
+
+    def solve(b):
+        r = rounding(b)
+        tried[r.choice] = r
+        return Solution.of(problem, r.choice, "budget-dual", 0.0)
+
+    def timed(sol):
+        ms = float(measure(allocation.plan(sol.choice)))
+        log(f"measured {ms:.4g} ms (predicted {sol.latency_ms:.4g}, budget {budget_ms:.4g})")
+        return ms
+
+    v = meet_measured_budget(solve, timed, budget_ms, tolerance=tolerance)
+    return tried[v.solution.choice], v.measured_ms, v.rounds
+
+
+def _check(prepared, allocation: Allocation, budget_ms, measured: bool = False) -> float:
+    """Refuse what cannot be trained; returns the budget the search aims at: ``budget_ms``, or, for
+    a budget below the fastest plan as predicted that the device will judge (``measured``), the
+    fastest plan's latency (verify then measures that plan)."""
     ok = not isinstance(budget_ms, bool) and isinstance(budget_ms, (int, float)) and math.isfinite(budget_ms)
     if not ok or budget_ms <= 0:
         raise ConfigError(f"budget_ms must be a finite number of milliseconds > 0, got {budget_ms!r}")
@@ -177,7 +222,13 @@ def _check(prepared, allocation: Allocation, budget_ms) -> None:
     if default != allocation.default:
         raise ConfigError(f"the model was prepared with default {default!r} but the allocation's plans use "
                           f"{allocation.default!r} (adds and pools): prepare with BitPlan(default={allocation.default!r})")
-    solve_exact(allocation.problem, budget_ms)     # an infeasible budget fails here, before training
+    try:
+        solve_exact(allocation.problem, budget_ms)     # an infeasible budget fails here, before training
+    except InfeasibleBudgetError as e:
+        if not measured or e.fastest_ms is None:
+            raise
+        return e.fastest_ms * (1 + 1e-9)
+    return float(budget_ms)
 
 
 class _Ascent:

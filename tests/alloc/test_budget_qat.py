@@ -119,6 +119,46 @@ def test_tight_budget_makes_mu_positive_and_the_plan_meets_it(setup):
     assert quantize_(model, step="convert") is not None           # the chosen plan converts
 
 
+def test_measured_rounding_is_tightened_until_it_meets_the_budget(setup):
+    """With ``measure``, a plan the device times over budget is rounded again, tighter, before the
+    fine-tune. The device here is uniformly slower than the table, by the factor that puts the first
+    rounded plan 30 % over the budget."""
+    prepare, data, _, alloc = setup
+    budget = 0.8 * _w8a8_ms(alloc)
+    timed, slow = [], []
+
+    def measure(plan):
+        predicted = alloc.problem.latency(alloc.choice(plan))
+        slow.append(slow[0] if slow else 1.3 * budget / predicted)
+        timed.append(predicted * slow[0])
+        return timed[-1]
+
+    model = prepare()
+    result = train_with_budget(model, data, alloc, budget, QAT, replace(SEARCH, epochs=1), measure=measure,
+                               log=lambda s: None)
+    assert len(timed) >= 2 and timed[0] == pytest.approx(1.3 * budget)
+    assert result.measured_ms == timed[-1] <= budget * 1.03
+    assert [m for _, _, m in result.verify_rounds] == timed
+    assert alloc.problem.latency(result.choice) * slow[0] == pytest.approx(result.measured_ms)
+    assert result.plan == model.hwq_plan == alloc.plan(result.choice)
+    plain = train_with_budget(prepare(), data, alloc, budget, QAT, replace(SEARCH, epochs=1), log=lambda s: None)
+    assert plain.measured_ms is None and plain.verify_rounds is None
+
+
+def test_a_budget_below_the_predicted_fastest_plan_is_judged_by_the_device(setup):
+    prepare, data, _, alloc = setup
+    fastest = min(alloc.problem.latency(c) for c in _all_choices(alloc))
+    faster_device = lambda plan: 0.8 * alloc.problem.latency(alloc.choice(plan))     # noqa: E731
+    cfg = replace(SEARCH, epochs=1)
+    result = train_with_budget(prepare(), data, alloc, 0.9 * fastest, QAT, cfg, measure=faster_device,
+                               log=lambda s: None)
+    assert alloc.problem.latency(result.choice) == pytest.approx(fastest)
+    assert result.measured_ms <= 0.9 * fastest * 1.03
+    with pytest.raises(InfeasibleBudgetError, match="measured here"):       # slower device: truly infeasible
+        train_with_budget(prepare(), data, alloc, 0.9 * fastest, QAT, cfg, log=lambda s: None,
+                          measure=lambda plan: alloc.problem.latency(alloc.choice(plan)))
+
+
 def test_generous_budget_leaves_mu_at_zero(setup):
     prepare, data, _, alloc = setup
     budget = 2.0 * _w8a8_ms(alloc)

@@ -44,8 +44,11 @@ def test_a_plan_already_within_budget_is_kept_after_one_measurement():
 def test_unreachable_budgets_report_the_fastest_measured_or_the_fastest_plan():
     p = _problem()
     fastest = p.latency((3,) * 12)       # option "d" is the fastest of each group
-    with pytest.raises(InfeasibleBudgetError, match="ms"):
-        meet_measured_budget(lambda b: solve_exact(p, b), lambda s: p.latency(s.choice), fastest * 0.9)
+    timed = []
+    with pytest.raises(InfeasibleBudgetError, match="measured here") as e:   # below the fastest, predicted and measured
+        meet_measured_budget(lambda b: solve_exact(p, b), lambda s: timed.append(s) or p.latency(s.choice),
+                             fastest * 0.9)
+    assert e.value.fastest_ms == pytest.approx(fastest) and [s.choice for s in timed] == [(3,) * 12]
     v = meet_measured_budget(lambda b: solve_exact(p, b), lambda s: 2 * p.latency(s.choice), fastest * 1.2)
     assert not v.met and v.measured_ms == pytest.approx(2 * fastest)
     with pytest.raises(ConfigError, match="tolerance"):
@@ -60,3 +63,14 @@ def test_tightening_starts_from_the_plans_prediction_not_the_solver_budget():
     budget = 0.6 * p.latency((0,) * 12) + 0.4 * p.latency((3,) * 12)
     v = meet_measured_budget(lambda b: solve_exact(p, b), measure, budget, tolerance=0.0, max_rounds=6)
     assert v.met and v.measured_ms <= budget and len({r[1] for r in v.rounds}) == len(v.rounds)
+
+
+def test_a_budget_below_the_predicted_fastest_plan_is_met_when_the_device_is_faster():
+    """The model calls the budget infeasible, but on this device the fastest plan meets it: the
+    device decides, and the plan is kept."""
+    p = _problem()
+    fastest = p.latency((3,) * 12)
+    with pytest.raises(InfeasibleBudgetError):
+        solve_exact(p, fastest * 0.95)
+    v = meet_measured_budget(lambda b: solve_exact(p, b), lambda s: 0.9 * p.latency(s.choice), fastest * 0.95)
+    assert v.met and v.solution.choice == (3,) * 12 and len(v.rounds) == 1
