@@ -43,10 +43,14 @@ class FashionMNIST:
 
     def subset(self, n: int, seed: int = 0) -> "FashionMNIST":
         """A random subset of ``n`` examples (all of them if ``n >= len(self)``), reproducible by ``seed``."""
-        if n >= len(self):
-            return self
-        idx = np.random.default_rng(seed).permutation(len(self))[:n]
-        return FashionMNIST(self.images[idx], self.labels[idx])
+        return self if n >= len(self) else self.split(n, seed)[0]
+
+    def split(self, n: int, seed: int = 0) -> tuple:
+        """(``subset(n, seed)``, the examples it left out): two disjoint sets, e.g. images to tune on
+        and images to score on."""
+        idx = np.random.default_rng(seed).permutation(len(self))
+        return (FashionMNIST(self.images[idx[:n]], self.labels[idx[:n]]),
+                FashionMNIST(self.images[idx[n:]], self.labels[idx[n:]]))
 
 
 def find_data_dir(data_dir: str | os.PathLike | None = None) -> Path:

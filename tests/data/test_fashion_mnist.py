@@ -35,6 +35,10 @@ def test_loads_idx_files(fake_dir, rng):
     assert ds.images.shape == (7, 1, 28, 28) and ds.images.dtype == np.uint8
     assert np.array_equal(ds.images[:, 0], images) and np.array_equal(ds.labels, labels)
     assert len(ds.subset(3)) == 3
+    first, rest = ds.split(3, seed=5)        # disjoint, together every example, the first part is subset()
+    assert np.array_equal(first.labels, ds.subset(3, seed=5).labels) and len(rest) == 4
+    both = np.concatenate([first.images, rest.images]).reshape(7, -1)
+    assert sorted(map(bytes, both)) == sorted(map(bytes, ds.images.reshape(7, -1)))
 
 
 def test_truncated_file_is_a_clear_error(fake_dir, rng):
