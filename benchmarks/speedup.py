@@ -147,7 +147,7 @@ def _build(engine, model, calib, workdir):
         from hwq.plan import BitPlan, LayerSpec
         from hwq.qat import quantize_ptq
         from hwq.qat.exported import export_model
-        from hwq.qat.patterns import layer_names
+        from hwq.qat.groups import layer_names
 
         names = layer_names(export_model(model, calib[:1]).graph)
         graph = quantize_ptq(model, calib[:32], BitPlan(layers={n: LayerSpec.parse("fp32") for n in names}))

@@ -35,8 +35,9 @@ from hwq.qat.convert import CALIBRATION_BATCH, calibrate, convert
 from hwq.qat.exported import check_calibration, constants, export_model, user_input_name
 from hwq.qat.fake_quant import ActFakeQuantize
 from hwq.qat.modules import QuantLayer
-from hwq.qat.patterns import (IDENTITY, IDENTITY_OP, LAYER, find_groups, float_values, group_inputs, group_nodes,
-                              layer_names, layer_weights)
+from hwq.qat.groups import (IDENTITY, IDENTITY_OP, LAYER, float_values, group_inputs, group_nodes, layer_names,
+                            layer_weights)
+from hwq.qat.patterns import find_groups
 from hwq.spec import RANGE_MODES, QuantSpec
 
 STEPS = ("prepare", "convert")

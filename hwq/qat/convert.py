@@ -21,8 +21,9 @@ from hwq.fixed_point import choose_scale, quantize_multiplier
 from hwq.plan import BitPlan
 from hwq.qat.convert_ops import IntegerOps
 from hwq.qat.exported import check_calibration, constants, export_model, run_graph, user_input_name
-from hwq.qat.patterns import (CONV, FLOAT_OP, FOLLOW_FLOAT, IDENTITY, SUPPORTED_OPS, Group, conv_arguments,
-                              find_groups, float_values, group_nodes, layer_names, layer_weights)
+from hwq.qat.groups import (CONV, FLOAT_OP, FOLLOW_FLOAT, IDENTITY, SUPPORTED_OPS, Group, conv_arguments,
+                            float_values, group_nodes, layer_names, layer_weights)
+from hwq.qat.patterns import find_groups
 
 __all__ = ["CALIBRATION_BATCH", "SUPPORTED_OPS", "calibrate", "convert", "export_model", "quantize_ptq"]
 

@@ -1,4 +1,4 @@
-"""The converter's ops other than conv / linear: one method per ``hwq.qat.patterns`` group kind.
+"""The converter's ops other than conv / linear: one method per ``hwq.qat.groups`` group kind.
 
 Each method turns one group of the exported graph into ``QGraph`` nodes. Integer ops read their
 inputs through ``int_input`` (a float value is quantized once, at the island's border); float ops
@@ -16,7 +16,7 @@ from hwq import qgraph as qg
 from hwq.errors import QuantizationError, UnsupportedOpError
 from hwq.fixed_point import common_shift, quantize_multiplier
 from hwq.qat.exported import BATCHED_SHAPE, module_name
-from hwq.qat.patterns import FLOAT_OP, HARDTANH, IDENTITY, Group, fold_batch_norm, hardtanh_bounds, pair
+from hwq.qat.groups import FLOAT_OP, HARDTANH, IDENTITY, Group, fold_batch_norm, hardtanh_bounds, pair
 
 _INT32_MAX = int(np.iinfo(np.int32).max)
 

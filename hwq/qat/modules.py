@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from hwq.qat.fake_quant import ActFakeQuantize, WeightFakeQuantize, fake_quantize, integer_values
-from hwq.qat.patterns import CONV, Group, pair
+from hwq.qat.groups import CONV, Group, pair
 from hwq.spec import QuantSpec
 
 _INT32_MAX = 2 ** 31 - 1

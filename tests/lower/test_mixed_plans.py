@@ -20,7 +20,7 @@ from hwq.models.mobilenet_v2 import MobileNetV2
 from hwq.plan import BitPlan, LayerSpec
 from hwq.qat import quantize_ptq
 from hwq.qat.exported import export_model
-from hwq.qat.patterns import layer_names
+from hwq.qat.groups import layer_names
 from hwq.qat.reference import quantize_input, run_reference
 
 OPTIONS = ("fp32", "w8a8", "w7a8", "w4a8", "w8a4", "w4a4")
