@@ -23,10 +23,14 @@ SOLVERS = ("exact", "greedy")
 DUALS_IMAGES = 5000
 
 
-def _duals_qat():
+def duals_qat(images: int):
+    """The short constrained QAT run whose duals are the sensitivities, on ``images`` images: one
+    epoch of at least 32 steps (batches of at most 128), so the duals take at least 6 steps of
+    ascent even on MobileNetV2's few hundred crops."""
     from hwq.qat import QATConfig
 
-    return QATConfig(epochs=1, batch_size=128, lr=1e-4, gradient_mode="fp", dual_lr=10.0, dual_period=5, eps=0.02)
+    return QATConfig(epochs=1, batch_size=min(128, max(8, images // 32)), lr=1e-4, gradient_mode="fp",
+                     dual_lr=10.0, dual_period=5, eps=0.02)
 
 
 @dataclass(frozen=True)
@@ -110,7 +114,8 @@ def sensitivities(config: AllocateConfig, model, prepared, calib, options, data,
 
         prepared = quantize_(model, BitPlan(default=LayerSpec(4, 4)), step="prepare", calibration=calib)
         log(f"constrained QAT at W4A4 on {len(qat_data[1])} images (duals)")
-        report = train_constrained(prepared, TensorDataset(*qat_data), _duals_qat(), progress=False, log=lambda s: None)
+        report = train_constrained(prepared, TensorDataset(*qat_data), duals_qat(len(qat_data[1])), progress=False,
+                                   log=lambda s: None)
     return layer_sensitivities(prepared, options, data, config.sensitivity, report=report,
                                images=config.images, batch_size=min(250, config.images))
 
@@ -171,24 +176,39 @@ def run_allocate(config: AllocateConfig, log=print) -> dict:
 
 
 def _verified(config: AllocateConfig, graph, alloc, solve, budget: float, max_bytes, log):
-    """Solve, compile and time the plan on this machine; re-solve tighter while it is over budget."""
+    """Solve, compile and time the plan on this machine; re-solve tighter while it is over budget.
+
+    A budget relative to uniform W8A8 (``0.8x``) is checked as a ratio: the plan and uniform W8A8
+    timed back to back (``measure_ratio``), so the verdict does not move with the host's speed
+    drifting between timings; a budget in ms is checked against the plan's own latency."""
+    from hwq.alloc.build import parse_budget
     from hwq.alloc.verify import meet_measured_budget
     from hwq.cost.machine import runs_on_this_machine
     from hwq.lower import compile_model
     from hwq.lower.device import LocalDevice
-    from hwq.lower.profile import measure_model
+    from hwq.lower.profile import measure_model, measure_ratio
     from hwq.models.zoo import example_graph
+    from hwq.cost.options import Option
     from hwq.target import load_target
 
     if not runs_on_this_machine(load_target(config.target)):
         raise ConfigError(f"--verify times the plan on this machine, which cannot run target {config.target!r}; "
                           f"verify it on the board (hwq profile --rpc measures there)")
+    value, unit = parse_budget(config.budget)
+    build = lambda plan: compile_model(example_graph(config.model, plan), config.target)  # noqa: E731
+    w8a8 = tuple(opts.index(Option(8, 8)) for opts in alloc.options)      # what "1x" is measured against
+    reference = build(alloc.plan(w8a8)) if unit == "x" else None
 
     def measure(sol):
-        compiled = compile_model(example_graph(config.model, alloc.plan(sol.choice)), config.target)
-        ms = measure_model(compiled, LocalDevice(), config.batch)[0]
-        log(f"verify: predicted {sol.latency_ms:.4f} ms, measured {ms:.4f} ms (budget {budget:.4f} ms)")
-        return ms
+        compiled = build(alloc.plan(sol.choice))
+        if reference is None:
+            ms = measure_model(compiled, LocalDevice(), config.batch)[0]
+            log(f"verify: predicted {sol.latency_ms:.4f} ms, measured {ms:.4f} ms (budget {budget:.4f} ms)")
+            return ms
+        ratio, ms, ref_ms = measure_ratio(compiled, reference, LocalDevice(), config.batch)
+        log(f"verify: predicted {sol.latency_ms / (budget / value):.3f}x, measured {ratio:.3f}x uniform W8A8 "
+            f"({ms:.4f} ms against {ref_ms:.4f} ms; budget {value:g}x)")
+        return ratio * budget / value         # in the model's ms, where uniform W8A8 is budget / value
 
     v = meet_measured_budget(lambda b: solve(alloc.problem, b, max_bytes), measure, budget)
     if not v.met:

@@ -23,6 +23,7 @@ from hwq.cost.options import GENERIC, GENERIC_FP32, KernelFamily, kernel_for, la
 from hwq.cost.roofline import traffic
 from hwq.cost.table import LatencyTable, Measurement
 from hwq.cost.workload import Workload
+from hwq.errors import ConfigError
 from hwq.lower.device import LocalDevice, time_function, time_vm
 from hwq.lower.kernels import select_kernel
 from hwq.lower.kernels.fp32_conv import float_conv_kernel, float_dense_kernel
@@ -189,6 +190,26 @@ def measure_model(compiled, device: LocalDevice | None = None, batch: int = 1, r
     shape = tuple(compiled.graph.input.shape)
     x = np.random.default_rng(0).random((batch, *shape), dtype=np.float32)
     return time_vm(device, vm, x, repeats)
+
+
+def measure_ratio(compiled, reference, device: LocalDevice | None = None, batch: int = 1, rounds: int = 5,
+                  repeats: int = 5) -> tuple[float, float, float]:
+    """``(ratio, ms, reference ms)``: the median over ``rounds`` of ``compiled``'s median time over
+    ``reference``'s, the two timed back to back in each round, and the medians of each.
+
+    On a shared machine the speed drifts over minutes (here: the same build timed at 2.2 ms and
+    1.7 ms a minute apart), and a latency measured alone moves with it; a ratio to a reference
+    timed in the same second does not (the same pair: within a few percent). Budgets relative to
+    a reference plan (``0.8x`` uniform W8A8) are checked this way."""
+    if rounds < 1 or repeats < 1:
+        raise ConfigError(f"rounds and repeats must be >= 1, got {rounds!r}, {repeats!r}")
+    device = device or LocalDevice()
+    ratios, mine, ref = [], [], []
+    for _ in range(rounds):
+        ref.append(measure_model(reference, device, batch, repeats)[0])
+        mine.append(measure_model(compiled, device, batch, repeats)[0])
+        ratios.append(mine[-1] / ref[-1])
+    return float(np.median(ratios)), float(np.median(mine)), float(np.median(ref))
 
 
 def record_model(table: LatencyTable, key: str, graph: qg.QGraph, plan: BitPlan, target: Target, batch: int,

@@ -69,6 +69,7 @@ def test_hwq_allocate_cli_writes_a_plan_that_compiles(tmp_path):
     assert doc["predicted_ms"] <= doc["budget_ms"] * (1 + 1e-6)
     rounds = doc["verify_rounds"]           # (solver budget, predicted, measured) per plan timed here
     assert rounds and "verify: predicted" in out.stdout and rounds[0][0] == pytest.approx(doc["budget_ms"])
+    assert "x uniform W8A8" in out.stdout     # an x budget is checked as a ratio to uniform W8A8, timed back to back
     from hwq.models import ResCNN
     model = ResCNN().eval()
     qgraph = quantize_ptq(model, torch.rand(32, 1, 28, 28), plan)

@@ -10,8 +10,8 @@ import pytest
 
 from hwq.cost import CostModel, LatencyTable
 from hwq.cost.machine import this_cpu
-from hwq.errors import DeviceError
-from hwq.lower.profile import kernel_workloads, measure_kernels, measure_model, record_model
+from hwq.errors import ConfigError, DeviceError
+from hwq.lower.profile import kernel_workloads, measure_kernels, measure_model, measure_ratio, record_model
 from hwq.lower.tvm_target import resolve_features
 from hwq.plan import BitPlan, LayerSpec
 from hwq.target import load_target
@@ -61,6 +61,11 @@ def test_profile_over_loopback_rpc_gives_the_same_kind_of_table(rescnn_graph, tm
         timing = measure_model(compiled, device, batch=2, repeats=3)
         entry = record_model(remote, "rescnn|uniform-w8a8|b2", rescnn_graph, BitPlan(), target, 2, timing)
         assert 0 < entry["q1_ms"] <= entry["median_ms"] <= entry["q3_ms"] and entry["glue_ops"] > 0
+        # a plan against a reference timed back to back (verify of "0.8x" budgets): itself is ~1x
+        ratio, ms, ref_ms = measure_ratio(compiled, compiled, device, batch=2, rounds=2, repeats=2)
+        assert 0.5 < ratio < 2 and ms > 0 and ref_ms > 0
+        with pytest.raises(ConfigError, match="rounds.*0"):
+            measure_ratio(compiled, compiled, device, rounds=0)
     finally:
         server.terminate()
 
