@@ -83,7 +83,7 @@ def run_demo(config: DemoConfig = DemoConfig(), log=print) -> dict:
     exact = int(np.all(ref == tvm_int, axis=1).sum())
     # predictions from the logits, not the raw integers: an int32 output holds the last layer's
     # accumulators, whose scales s_x * s_w[c] differ per class, so their argmax is another class
-    preds = dequantize_output(graph, torch.from_numpy(tvm_int.astype(np.int64))).argmax(1).numpy()
+    preds = dequantize_output(graph, torch.from_numpy(tvm_int)).argmax(1).numpy()   # float32 if the head is fp32
     int8_acc = 100.0 * float((preds == test.labels).mean())
     with torch.no_grad():
         fp32_preds = np.concatenate([model(x_test[i:i + 500]).argmax(1).numpy() for i in range(0, len(x_test), 500)])

@@ -127,7 +127,7 @@ def run_train(config: TrainJobConfig = TrainJobConfig(), log=print) -> dict | No
         if _runs_here(compiled):
             xin = xi.numpy().astype(graph.input.dtype)
             tvm_int = np.concatenate([compiled.run_int(xin[i:i + 1000]) for i in range(0, len(xin), 1000)])
-            tvm_pred = dequantize_output(graph, torch.from_numpy(tvm_int.astype(np.int64))).argmax(1).numpy()
+            tvm_pred = dequantize_output(graph, torch.from_numpy(tvm_int)).argmax(1).numpy()   # float32 if the head is fp32
             summary["tvm_equals_reference_outputs"] = bool(np.array_equal(tvm_int, ref_int.numpy()))
             summary["tvm_equals_reference_predictions"] = bool(np.array_equal(tvm_pred, ref_pred))
             log(f"TVM on {len(xin)} test images: integer outputs equal the reference's: "
