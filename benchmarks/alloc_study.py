@@ -14,7 +14,14 @@ machine's AVX2 units) at one batch size:
    on random sensitivities, so they sit at the budget too), several seeds;
 5. every plan fine-tuned with the same short QAT schedule (Fashion-MNIST models; MobileNetV2 has no
    labels here and is compared post-training, top-1 agreement with its float model on natural
-   crops), compiled, its integer accuracy measured with the TVM build, its latency **measured**.
+   crops), compiled, its integer accuracy measured with the TVM build on images the sensitivities
+   never saw (MobileNetV2: also the KL divergence from its float model), its latency **measured**;
+6. every allocated plan verified: re-solved tighter while it measures over its budget.
+
+Latency on a shared 2-core host drifts by 20-30 % over minutes, so every plan is timed as a ratio
+to uniform W8A8, the two back to back in several rounds (``hwq.lower.profile.measure_ratio``), and
+quoted as that ratio times uniform W8A8's latency: budgets and plans on one scale, which is what a
+``0.8x`` budget means.
 
 Writes benchmarks/results/alloc_study.json (one entry per model, merged with earlier runs of other
 models) and alloc_study.png.
@@ -41,7 +48,9 @@ OPTIONS = ("fp32", "w8a8", "w7a8", "w4a8", "w8a4", "w4a4")
 
 
 def uniform_plan(alloc, option: str) -> tuple:
-    """Every group at ``option``, or at its closest offered option (8-bit weights, the same output)."""
+    """Every group at ``option``; a group that lacks it at 8-bit weights and the same activation
+    width, else at its first option (fp32 on the CPUs: a classifier with an int32 output offers
+    no 4-bit activations, so "uniform w4a4" keeps it in fp32)."""
     choice = []
     for opts in alloc.options:
         names = [o.name for o in opts]
@@ -53,33 +62,67 @@ def uniform_plan(alloc, option: str) -> tuple:
 class Evaluator:
     """Fine-tune (or not), compile, measure latency and integer accuracy of plans; cached by plan."""
 
-    def __init__(self, name, model, calib, held, train_data, target, batch, args, log):
+    def __init__(self, name, model, calib, held, train_data, target, batch, args, log, reference):
+        """``held``: (images, labels, float logits or None), the evaluation set (disjoint from the
+        images the sensitivities were measured on). ``reference``: the plan every latency is timed
+        against (uniform W8A8); compiled and timed at the first latency asked for."""
         self.name, self.model, self.calib, self.held, self.train_data = name, model, calib, held, train_data
         self.target, self.batch, self.args, self.log = target, batch, args, log
-        self.cache = {}
+        self.cache, self.timings = {}, {}
+        self._reference_plan, self._reference, self._reference_ms = reference, None, None
 
-    def latency(self, plan) -> float:
-        """Measured median ms of ``plan`` (post-training: the latency does not depend on fine-tuning)."""
-        key = "latency:" + plan.to_json()
-        if key not in self.cache:
-            from hwq.lower import compile_model
-            from hwq.lower.device import LocalDevice
+    @property
+    def reference(self):
+        if self._reference is None:
+            self._reference = self._compile(self._reference_plan)
+        return self._reference
+
+    @property
+    def reference_ms(self) -> float:
+        """The reference's own latency, the scale every ratio is quoted in (median of several timings)."""
+        if self._reference_ms is None:
             from hwq.lower.profile import measure_model
-            from hwq.qat import quantize_ptq
 
-            compiled = compile_model(quantize_ptq(self.model, self.calib[:32], plan), self.target)
-            self.cache[key] = measure_model(compiled, LocalDevice(), self.batch, self.args.repeats)[0]
-        return self.cache[key]
+            self._reference_ms = float(np.median([measure_model(self.reference, None, self.batch,
+                                                                self.args.repeats)[0]
+                                                  for _ in range(self.args.rounds)]))
+        return self._reference_ms
+
+    def _compile(self, plan):
+        from hwq.lower import compile_model
+        from hwq.qat import quantize_ptq
+
+        return compile_model(quantize_ptq(self.model, self.calib[:32], plan), self.target)
+
+    def latency(self, plan, compiled=None) -> float:
+        """``plan``'s latency in ms: its ratio to the reference plan, the two timed back to back
+        (``measure_ratio``), times the reference's latency. The host's speed drifts by 20-30 % over
+        minutes; the ratio does not, so plans timed minutes apart compare on one scale. Measured once
+        per plan (the latency does not depend on fine-tuning: ``compiled`` may be any build of it)."""
+        key = plan.to_json()
+        if key not in self.timings:
+            from hwq.lower.profile import measure_ratio
+
+            ratio, ms, ref_ms = measure_ratio(compiled or self._compile(plan), self.reference, None, self.batch,
+                                              self.args.rounds, self.args.repeats)
+            self.timings[key] = {"measured_ms": ratio * self.reference_ms, "ratio": ratio, "raw_ms": ms,
+                                 "reference_raw_ms": ref_ms}
+        return self.timings[key]["measured_ms"]
 
     def __call__(self, plan) -> dict:
+        """Latency and accuracy of ``plan`` (fine-tuned where the model has labels)."""
         key = plan.to_json()
-        if key in self.cache:
-            return self.cache[key]
+        if key not in self.cache:
+            scored, compiled = self.score(plan)
+            self.latency(plan, compiled)
+            self.cache[key] = {**self.timings[key], **scored}
+        return self.cache[key]
+
+    def score(self, plan) -> tuple:
+        """({"accuracy", "kl" (MobileNetV2), "seconds"}, the compiled fine-tuned model) of ``plan``."""
         from torch.utils.data import TensorDataset
 
         from hwq.lower import compile_model
-        from hwq.lower.device import LocalDevice
-        from hwq.lower.profile import measure_model
         from hwq.qat import QATConfig, quantize_, quantize_ptq, train_constrained
         from hwq.qat.reference import dequantize_output, quantize_input
 
@@ -92,22 +135,73 @@ class Evaluator:
             train_constrained(prepared, TensorDataset(*self.train_data), qat, progress=False, log=lambda s: None)
             graph = quantize_(prepared, step="convert")
         compiled = compile_model(graph, self.target)
-        med, q1, q3 = measure_model(compiled, LocalDevice(), self.batch, self.args.repeats)
-        x, y = self.held
+        x, y, ref = self.held
         xi = quantize_input(graph, x).numpy().astype(graph.input.dtype)
         out = np.concatenate([compiled.run_int(xi[i:i + 250]) for i in range(0, len(xi), 250)])
-        logits = dequantize_output(graph, torch.from_numpy(out.astype(np.int64)))
-        acc = 100.0 * float((logits.argmax(1) == y).float().mean())
-        r = {"measured_ms": med, "q1_ms": q1, "q3_ms": q3, "accuracy": acc, "seconds": time.time() - t0}
-        self.cache[key] = r
-        return r
+        # the output as it comes (int8, int32 accumulators, or float32 logits when the head is fp32:
+        # an integer cast would truncate those)
+        logits = dequantize_output(graph, torch.from_numpy(out)).float()
+        r = {"accuracy": 100.0 * float((logits.argmax(1) == y).float().mean())}
+        if ref is not None:     # KL(float || integer) of the predicted class distributions, nats per image
+            r["kl"] = float(torch.nn.functional.kl_div(logits.log_softmax(1), ref.log_softmax(1), log_target=True,
+                                                       reduction="batchmean"))
+        return {**r, "seconds": time.time() - t0}, compiled
+
+
+def rescore(name, entry, args, log) -> dict:
+    """Score again, in place, the accuracy of ``entry``'s plans that end in an fp32 head (a float32
+    output): the study's first version cast that output to integers, which truncated the logits.
+    Their timings stand (the output's dtype does not change the build); the summary is recomputed."""
+    from hwq.alloc_job import AllocateConfig, model_and_data
+    from hwq.plan import BitPlan
+    from hwq.qat import quantize_ptq
+
+    model, calib, _, qat_data = model_and_data(AllocateConfig(model=name, images=args.images), log)
+    train_data = (qat_data[0][:args.finetune_images], qat_data[1][:args.finetune_images])
+    ev = Evaluator(name, model, calib, eval_set(name, model, args), train_data, entry["target"], entry["batch"],
+                   args, log, None)
+    done = {}
+    for row in [*entry["uniform"].values(), *entry["plans"]]:
+        plan = BitPlan.from_json(json.dumps(row["plan"]))
+        key = plan.to_json()
+        if key not in done:
+            float_head = quantize_ptq(model, calib[:32], plan).output_info.is_float
+            done[key] = ev.score(plan)[0] if float_head else None
+            if done[key] is not None:
+                log(f"  rescored {row.get('method', 'uniform')}: {row['accuracy']:.2f}% -> {done[key]['accuracy']:.2f}%")
+        if done[key] is not None:
+            row.update(done[key], rescored=True)
+    methods = entry["methods"] + (["budget-dual"] if any(r["method"] == "budget-dual" for r in entry["plans"]) else [])
+    entry.update(summarize(entry["plans"], entry["uniform"], methods))
+    return entry
+
+
+def eval_set(name, model, args):
+    """(images, labels, float logits or None) to score plans on, disjoint from the held-out images
+    of the sensitivities: Fashion-MNIST's test images the sensitivities did not see (up to
+    ``--eval-images``); for MobileNetV2, ``--eval-images`` natural crops of another seed, labelled
+    by the float model's top-1, with its logits for the KL divergence."""
+    if name == "mobilenetv2":
+        from hwq.data.natural_images import natural_crops
+
+        x = torch.from_numpy(natural_crops(args.eval_images, seed=1))
+        with torch.no_grad():
+            ref = torch.cat([model(x[i:i + 50]) for i in range(0, len(x), 50)]).float()
+        return x, ref.argmax(1), ref
+    from hwq.data import load_fashion_mnist
+    from hwq.models.train import to_float_input
+
+    _, rest = load_fashion_mnist("test").split(args.images, seed=3)     # the held-out set is the first part
+    rest = rest.subset(args.eval_images, seed=4)
+    return to_float_input(rest.images), torch.from_numpy(rest.labels).long(), None
 
 
 def study(name, args, log) -> dict:
     from hwq.alloc.build import build_allocation
     from hwq.alloc.sensitivity import layer_sensitivities
     from hwq.alloc.solve import solve_exact, solve_greedy
-    from hwq.alloc_job import AllocateConfig, _duals_qat, model_and_data
+    from hwq.errors import InfeasibleBudgetError
+    from hwq.alloc_job import AllocateConfig, duals_qat, model_and_data
     from hwq.cost import CostModel, Workload, layer_options
     from hwq.cost.workload import layer_nodes
     from hwq.plan import BitPlan, LayerSpec
@@ -125,7 +219,7 @@ def study(name, args, log) -> dict:
     options = {n.name: [o.spec for o in layer_options(Workload.of(n, graph.tensors[n.input].shape), target,
                                                       n.requant is not None)] for n in layer_nodes(graph)}
     sens, seconds = {}, {}
-    methods = ["measured", "hessian"] + (["duals"] if name != "mobilenetv2" else [])
+    methods = ["measured", "hessian", "duals"]
     plan_methods = methods + (["budget-dual"] if name != "mobilenetv2" else [])
     for m in methods:
         t = time.time()
@@ -133,7 +227,7 @@ def study(name, args, log) -> dict:
         if m == "duals":
             model_m = quantize_(model, BitPlan(default=LayerSpec(4, 4)), step="prepare", calibration=calib)
             from torch.utils.data import TensorDataset
-            report = train_constrained(model_m, TensorDataset(*qat_data), _duals_qat(), progress=False,
+            report = train_constrained(model_m, TensorDataset(*qat_data), duals_qat(len(qat_data[1])), progress=False,
                                        log=lambda s: None)
         n_sens = args.sens_images or args.images
         sens[m] = layer_sensitivities(model_m, options, held, m, report=report, images=n_sens,
@@ -144,7 +238,12 @@ def study(name, args, log) -> dict:
     ref = allocs["measured"]
     p = ref.problem
     train_data = (qat_data[0][:args.finetune_images], qat_data[1][:args.finetune_images])
-    evaluate = Evaluator(name, model, calib, held, train_data, args.target, args.batch, args, log)
+    evaluate = Evaluator(name, model, calib, eval_set(name, model, args), train_data, args.target, args.batch,
+                         args, log, ref.plan(uniform_plan(ref, "w8a8")))
+    # the solver works in the cost model's ms; a measured ms is worth to_model of them (uniform
+    # W8A8's prediction over its measurement): a budget in measured ms is then an "x" budget of
+    # uniform W8A8, and the solver's first plan is already placed on this machine's speed
+    evaluate.to_model = p.latency(uniform_plan(ref, "w8a8")) / evaluate.reference_ms
 
     uniform = {}
     for o in OPTIONS:
@@ -153,21 +252,24 @@ def study(name, args, log) -> dict:
                       **evaluate(ref.plan(c))}
         log(f"  uniform {o}: predicted {uniform[o]['predicted_ms']:.3f} ms, measured {uniform[o]['measured_ms']:.3f} ms, "
             f"accuracy {uniform[o]['accuracy']:.2f}%")
-    # budgets as a user states them: in measured milliseconds, from the fastest uniform plan as
-    # measured here to the slowest (the solver's predictions are mapped onto them by --verify)
+    # budgets in measured milliseconds (on the reference's scale), from the fastest uniform plan as
+    # measured here to the slowest; every allocated plan is verified against them
     lo = min(u["measured_ms"] for u in uniform.values())
     hi = max(u["measured_ms"] for u in uniform.values())
     budgets = [lo + (hi - lo) * (i + 1) / (args.budgets + 1) for i in range(args.budgets)]
     rows, solver = [], []
     for b in budgets:
         for m, alloc in allocs.items():
-            sol = solve_exact(alloc.problem, b)
-            g = solve_greedy(alloc.problem, b)
-            solver.append({"budget_ms": b, "method": m, "exact_loss": sol.loss, "greedy_loss": g.loss,
-                           "exact_s": sol.seconds, "greedy_s": g.seconds})
+            try:
+                sol = solve_exact(alloc.problem, b * evaluate.to_model)
+                g = solve_greedy(alloc.problem, b * evaluate.to_model)
+                solver.append({"budget_ms": b, "method": m, "exact_loss": sol.loss, "greedy_loss": g.loss,
+                               "exact_s": sol.seconds, "greedy_s": g.seconds})
+            except InfeasibleBudgetError:   # below the fastest plan as predicted: verify measures that plan
+                pass
             rows.append(_row(b, m, 0, alloc, *_verified(alloc, b, evaluate, args), evaluate, log))
         if name != "mobilenetv2":
-            rows.append(_budget_dual(model, calib, train_data, ref, b, evaluate, log))
+            rows.append(_budget_dual(model, calib, train_data, ref, b, evaluate, args, log))
         for seed in range(args.random):
             rng = np.random.default_rng(seed)
             noise = {layer: dict(zip([o for o in sens["measured"].values[layer]],
@@ -175,37 +277,63 @@ def study(name, args, log) -> dict:
             ralloc = build_allocation(graph, cost, lambda layer, opts: [noise[layer][o] for o in opts], args.batch)
             rows.append(_row(b, "random", seed, ralloc, *_verified(ralloc, b, evaluate, args), evaluate, log))
     return {"target": target.name, "batch": args.batch, "table": display_path(table.path), "methods": methods,
+            "latency": {"reference": "uniform w8a8", "reference_ms": evaluate.reference_ms,
+                        "model_ms_per_measured_ms": evaluate.to_model, "rounds": args.rounds, "repeats": args.repeats,
+                        "how": "measured_ms = ratio to the reference, timed back to back, x reference_ms"},
             "sensitivity_seconds": seconds, "uniform": uniform, "budgets": budgets, "plans": rows, "solver": solver,
             "sensitivities": {m: json.loads(s.to_json()) for m, s in sens.items()},
+            "rank_agreement": rank_agreement({m: json.loads(s.to_json()) for m, s in sens.items()}),
             "seconds": time.time() - t_start, **summarize(rows, uniform, plan_methods)}
 
 
+def rank_agreement(sens: dict) -> dict:
+    """Spearman of each method's sensitivities against the measured ones: over every (layer, option)
+    pair but the reference (zero for all), and over layers (each layer's mean over its options)."""
+    from scipy.stats import spearmanr
+
+    meas = sens["measured"]["values"]
+    ref = sens["measured"].get("reference")
+    out = {}
+    for m, s in sens.items():
+        if m == "measured":
+            continue
+        pairs = [(meas[layer][o], s["values"][layer][o]) for layer in meas for o in meas[layer] if o != ref]
+        layers = [(sum(meas[layer].values()) / len(meas[layer]),
+                   sum(s["values"][layer].values()) / len(s["values"][layer])) for layer in meas]
+        out[m] = {"pairs": float(spearmanr(*zip(*pairs)).statistic), "n_pairs": len(pairs),
+                  "layers": float(spearmanr(*zip(*layers)).statistic), "n_layers": len(layers)}
+    return out
+
+
 def _verified(alloc, budget, evaluate, args):
-    """The exact plan, re-solved at a tighter budget while its measured latency is over budget + 3 %
-    (``hwq allocate --verify``); returns the Solution and the verify rounds (None unverified)."""
+    """The exact plan at ``budget`` (measured ms), re-solved at a tighter budget while it measures
+    over it (``hwq allocate --verify``); returns the Solution and the verify rounds in the cost
+    model's ms (None unverified)."""
     from hwq.alloc.solve import solve_exact
     from hwq.alloc.verify import meet_measured_budget
 
+    scale = evaluate.to_model
     if not args.verify:
-        return solve_exact(alloc.problem, budget), None
-    # verified to the budget itself: a second measurement of the same plan (after fine-tuning)
-    # differs by a few percent on this shared machine, which the 3 % of the criterion absorbs
-    v = meet_measured_budget(lambda b: solve_exact(alloc.problem, b), lambda s: evaluate.latency(alloc.plan(s.choice)),
-                             budget, tolerance=0.0, max_rounds=5)
+        return solve_exact(alloc.problem, budget * scale), None
+    v = meet_measured_budget(lambda b: solve_exact(alloc.problem, b),
+                             lambda s: evaluate.latency(alloc.plan(s.choice)) * scale,
+                             budget * scale, tolerance=0.0, max_rounds=5)
     return v.solution, v.rounds
 
 
 def _row(budget, method, seed, alloc, sol, rounds, evaluate, log) -> dict:
     plan = alloc.plan(sol.choice)
-    r = {"budget_ms": budget, "method": method, "seed": seed, "predicted_ms": sol.latency_ms, "loss": sol.loss,
+    r = {"budget_ms": budget, "budget_x": budget / evaluate.reference_ms, "method": method, "seed": seed,
+         "predicted_ms": sol.latency_ms, "loss": sol.loss,
          "plan": json.loads(plan.to_json()), "verify_rounds": rounds, **evaluate(plan)}
     log(f"  budget {budget:8.3f} ms {method:9s} {seed}: predicted {sol.latency_ms:8.3f}, measured {r['measured_ms']:8.3f} ms "
         f"({r['measured_ms'] / budget - 1:+6.1%} of budget), accuracy {r['accuracy']:.2f}%")
     return r
 
 
-def _budget_dual(model, calib, train_data, alloc, budget, evaluate, log) -> dict:
-    """The plan the budget-as-dual QAT run settles on (then the same fine-tune as every plan)."""
+def _budget_dual(model, calib, train_data, alloc, budget, evaluate, args, log) -> dict:
+    """The plan the budget-as-dual QAT run settles on, its rounding verified on this machine like
+    every allocated plan (then the same fine-tune as every plan)."""
     from torch.utils.data import TensorDataset
 
     from hwq.alloc.budget_qat import BudgetQATConfig, train_with_budget
@@ -214,18 +342,24 @@ def _budget_dual(model, calib, train_data, alloc, budget, evaluate, log) -> dict
 
     prepared = quantize_(model, step="prepare", calibration=calib)
     qat = QATConfig(epochs=1, batch_size=128, lr=1e-4, gradient_mode="ste", dual_lr=0.0, seed=0)
-    res = train_with_budget(prepared, TensorDataset(*train_data), alloc, budget, qat,
-                            BudgetQATConfig(epochs=1, finetune_epochs=1), log=lambda s: None)
-
+    scale = evaluate.to_model
+    res = train_with_budget(prepared, TensorDataset(*train_data), alloc, budget * scale, qat,
+                            BudgetQATConfig(epochs=1, finetune_epochs=1), log=lambda s: None,
+                            measure=(lambda plan: evaluate.latency(plan) * scale) if args.verify else None,
+                            tolerance=0.0)
     sol = Solution.of(alloc.problem, res.choice, "budget-dual", 0.0)
-    r = _row(budget, "budget-dual", 0, alloc, sol, None, evaluate, log)
+    r = _row(budget, "budget-dual", 0, alloc, sol, res.verify_rounds, evaluate, log)
     r.update({"mu": res.mu, "loss_per_ms": res.loss_per_ms, "repaired": res.repaired, "expected_ms": res.expected_ms})
     return r
 
 
-def _line(uniform, ms) -> float:
-    """Accuracy on the straight line between the uniform plans that bracket ``ms`` (measured)."""
+def _line(uniform, ms, front: bool = False) -> float:
+    """Accuracy on the straight line between the uniform plans that bracket ``ms`` (measured); with
+    ``front``, between those on the uniform plans' Pareto front (a uniform plan both slower and
+    less accurate than another is no choice a user would make), the stricter reference."""
     pts = sorted((u["measured_ms"], u["accuracy"]) for u in uniform.values())
+    if front:
+        pts = [(x, y) for i, (x, y) in enumerate(pts) if all(y > y0 for _, y0 in pts[:i])]
     if ms <= pts[0][0]:
         return pts[0][1]
     for (x0, y0), (x1, y1) in zip(pts, pts[1:]):
@@ -244,12 +378,12 @@ def summarize(rows, uniform, methods) -> dict:
         entry = {"budget_ms": b, "random_median_accuracy": statistics.median(rand) if rand else None}
         for m in methods:
             r = next(r for r in at if r["method"] == m)
-            entry[m] = {"accuracy": r["accuracy"], "measured_ms": r["measured_ms"],
-                        "uniform_line": _line(uniform, r["measured_ms"])}
+            entry[m] = {"accuracy": r["accuracy"], "measured_ms": r["measured_ms"], "kl": r.get("kl"),
+                        "uniform_line": _line(uniform, r["measured_ms"]),
+                        "uniform_front": _line(uniform, r["measured_ms"], front=True)}
         per_budget.append(entry)
     return {"within_budget_3pct": float(np.mean([o <= 0.03 for o in over])) if over else None,
             "worst_over_budget": max(over) if over else None, "per_budget": per_budget}
-
 
 
 def main(argv=None) -> int:
@@ -262,10 +396,15 @@ def main(argv=None) -> int:
     p.add_argument("--images", type=int, default=1000, help="held-out images (sensitivities and accuracy)")
     p.add_argument("--sens-images", type=int, default=0,
                    help="held-out images for the sensitivities (default: all of --images)")
+    p.add_argument("--eval-images", type=int, default=9000,
+                   help="images to score plans on (Fashion-MNIST: test images outside --images; MobileNetV2: crops)")
     p.add_argument("--finetune-images", type=int, default=2000)
-    p.add_argument("--repeats", type=int, default=9)
+    p.add_argument("--repeats", type=int, default=5, help="timings per median (each over >= 50 ms)")
+    p.add_argument("--rounds", type=int, default=5, help="back-to-back rounds of plan and reference per ratio")
     p.add_argument("--verify", type=int, default=1, help="1: re-solve plans measured over budget + 3 %% (hwq allocate --verify)")
     p.add_argument("--out", default=str(RESULTS / "alloc_study.json"))
+    p.add_argument("--rescore", action="store_true",
+                   help="score again the plans of --models in --out that end in an fp32 head (no timing)")
     args = p.parse_args(argv)
     from hwq.fileio import atomic_write_json
     from hwq.timing import environment
@@ -275,8 +414,14 @@ def main(argv=None) -> int:
     result = json.loads(out_path.read_text()) if out_path.is_file() else {"models": {}}
     for name in args.models.split(","):
         log(f"{name}:")
-        result["models"][name] = {**study(name, args, log), "environment": environment()}
+        if args.rescore:
+            result["models"][name] = rescore(name, result["models"][name], args, log)
+        else:
+            result["models"][name] = {**study(name, args, log), "environment": environment()}
         atomic_write_json(out_path, result)
+    for entry in result["models"].values():     # derived figures an earlier version did not store
+        entry.setdefault("rank_agreement", rank_agreement(entry["sensitivities"]))
+    atomic_write_json(out_path, result)
     print(render(result))
     _plot(result, out_path.with_suffix(".png"))
     return 0
@@ -287,15 +432,21 @@ def render(result) -> str:
     for name, r in result["models"].items():
         lines.append(f"\n{name} on {r['target']} at batch {r['batch']}: allocated plans within budget + 3 %: "
                      f"{r['within_budget_3pct']:.0%} (worst {r['worst_over_budget']:+.1%})")
+        if "latency" in r:
+            lines.append(f"latencies: ratio to uniform W8A8 timed back to back, x its {r['latency']['reference_ms']:.3f} ms")
         methods = [m for m in r["per_budget"][0] if m not in ("budget_ms", "random_median_accuracy")]
-        lines.append(f"{'budget ms':>9s} " + " ".join(f"{m + ' acc/ms':>22s}" for m in methods)
-                     + f" {'uniform line':>12s} {'random med':>10s}")
+        lines.append("per method: accuracy %, measured ms, [uniform line / uniform front at that ms]")
+        lines.append(f"{'budget ms':>9s} " + " ".join(f"{m:>28s}" for m in methods) + f" {'random med':>10s}")
         for e in r["per_budget"]:
-            line = f"{e['budget_ms']:9.3f} " + " ".join(f"{e[m]['accuracy']:10.2f}% {e[m]['measured_ms']:9.3f}"
-                                                       for m in methods)
-            ref = e[methods[0]]["uniform_line"]
-            lines.append(line + f" {ref:11.2f}% {e['random_median_accuracy']:9.2f}%")
+            cells = [f"{e[m]['accuracy']:6.2f} {e[m]['measured_ms']:6.3f} [{e[m]['uniform_line']:5.2f}/"
+                     f"{e[m].get('uniform_front', float('nan')):5.2f}]" for m in methods]
+            lines.append(f"{e['budget_ms']:9.3f} " + " ".join(f"{c:>28s}" for c in cells)
+                         + f" {e['random_median_accuracy']:9.2f}%")
+        for m, a in r.get("rank_agreement", {}).items():
+            lines.append(f"{m} against measured sensitivities: Spearman {a['pairs']:.2f} over {a['n_pairs']} "
+                         f"(layer, option) pairs, {a['layers']:.2f} over {a['n_layers']} layers")
         lines.append("uniform: " + ", ".join(f"{o} {u['measured_ms']:.3f} ms {u['accuracy']:.2f}%"
+                                            + (f" (KL {u['kl']:.4f})" if "kl" in u else "")
                                             for o, u in r["uniform"].items()))
     return "\n".join(lines)
 
