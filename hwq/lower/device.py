@@ -72,6 +72,7 @@ class RpcDevice(LocalDevice):
         self.host, self.port, self.key, self.timeout_s = host, port, key, timeout_s
         self.remote = f"rpc {host}:{port}" + (f" key {key!r}" if key else "")
         self._dir = tempfile.TemporaryDirectory(prefix="hwq-rpc-")
+        self._uploads = 0
         self.session = self.call(self._connect, "connect")
         self.dev = self.session.cpu()
 
@@ -97,7 +98,10 @@ class RpcDevice(LocalDevice):
                           f"{str(last).strip().splitlines()[-1] if str(last).strip() else type(last).__name__}")
 
     def _upload(self, executable, target: Target, name: str):
-        path = Path(self._dir.name) / f"{name}.so"
+        # a fresh file name per upload: loading a second library under a name the session has
+        # loaded already brings the server down (the dlopen'ed file is overwritten in place)
+        self._uploads += 1
+        path = Path(self._dir.name) / f"{name}-{self._uploads}.so"
         if target.is_cross:
             executable.export_library(str(path), fcompile=cross_fcompile(target))
         else:
