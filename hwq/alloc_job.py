@@ -181,23 +181,23 @@ def _verified(config: AllocateConfig, graph, alloc, solve, budget: float, max_by
     A budget relative to uniform W8A8 (``0.8x``) is checked as a ratio: the plan and uniform W8A8
     timed back to back (``measure_ratio``), so the verdict does not move with the host's speed
     drifting between timings; a budget in ms is checked against the plan's own latency."""
-    from hwq.alloc.build import parse_budget
+    from hwq.alloc.build import parse_budget, uniform_w8a8
     from hwq.alloc.verify import meet_measured_budget
     from hwq.cost.machine import runs_on_this_machine
     from hwq.lower import compile_model
     from hwq.lower.device import LocalDevice
     from hwq.lower.profile import measure_model, measure_ratio
     from hwq.models.zoo import example_graph
-    from hwq.cost.options import Option
     from hwq.target import load_target
 
     if not runs_on_this_machine(load_target(config.target)):
         raise ConfigError(f"--verify times the plan on this machine, which cannot run target {config.target!r}; "
                           f"verify it on the board (hwq profile --rpc measures there)")
-    value, unit = parse_budget(config.budget)
+    unit = parse_budget(config.budget)[1]
     build = lambda plan: compile_model(example_graph(config.model, plan), config.target)  # noqa: E731
-    w8a8 = tuple(opts.index(Option(8, 8)) for opts in alloc.options)      # what "1x" is measured against
+    w8a8 = uniform_w8a8(alloc)                  # what "1x" is measured against
     reference = build(alloc.plan(w8a8)) if unit == "x" else None
+    w8a8_ms = alloc.problem.latency(w8a8)
 
     def measure(sol):
         compiled = build(alloc.plan(sol.choice))
@@ -206,9 +206,9 @@ def _verified(config: AllocateConfig, graph, alloc, solve, budget: float, max_by
             log(f"verify: predicted {sol.latency_ms:.4f} ms, measured {ms:.4f} ms (budget {budget:.4f} ms)")
             return ms
         ratio, ms, ref_ms = measure_ratio(compiled, reference, LocalDevice(), config.batch)
-        log(f"verify: predicted {sol.latency_ms / (budget / value):.3f}x, measured {ratio:.3f}x uniform W8A8 "
-            f"({ms:.4f} ms against {ref_ms:.4f} ms; budget {value:g}x)")
-        return ratio * budget / value         # in the model's ms, where uniform W8A8 is budget / value
+        log(f"verify: predicted {sol.latency_ms / w8a8_ms:.3f}x, measured {ratio:.3f}x uniform W8A8 "
+            f"({ms:.4f} ms against {ref_ms:.4f} ms; budget {budget / w8a8_ms:.3g}x)")
+        return ratio * w8a8_ms                # in the model's ms
 
     v = meet_measured_budget(lambda b: solve(alloc.problem, b, max_bytes), measure, budget)
     if not v.met:

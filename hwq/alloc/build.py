@@ -175,10 +175,14 @@ def parse_budget(text: str) -> tuple[float, str]:
     return float(m.group(1)), m.group(2)
 
 
+def uniform_w8a8(allocation: Allocation) -> tuple:
+    """The choice with every group at W8A8: what an ``x`` budget is a multiple of."""
+    return tuple(opts.index(Option(8, 8)) for opts in allocation.options)
+
+
 def budget_ms(allocation: Allocation, text: str) -> float:
     """The budget ``text`` in milliseconds for ``allocation`` (``"0.8x"``: 0.8 x uniform W8A8)."""
     value, unit = parse_budget(text)
     if unit == "ms":
         return value
-    w8 = Option(8, 8)
-    return value * allocation.problem.latency(tuple(opts.index(w8) for opts in allocation.options))
+    return value * allocation.problem.latency(uniform_w8a8(allocation))
