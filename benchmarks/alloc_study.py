@@ -83,9 +83,8 @@ class Evaluator:
         if self._reference_ms is None:
             from hwq.lower.profile import measure_model
 
-            self._reference_ms = float(np.median([measure_model(self.reference, None, self.batch,
-                                                                self.args.repeats)[0]
-                                                  for _ in range(self.args.rounds)]))
+            self._reference_ms = measure_model(self.reference, None, self.batch,
+                                               max(5, self.args.rounds * self.args.repeats))[0]
         return self._reference_ms
 
     def _compile(self, plan):
@@ -221,8 +220,13 @@ def study(name, args, log) -> dict:
     sens, seconds = {}, {}
     methods = ["measured", "hessian", "duals"]
     plan_methods = methods + (["budget-dual"] if name != "mobilenetv2" else [])
+    stored = _stored_sensitivities(name, args)
     for m in methods:
         t = time.time()
+        if m in stored:             # --reuse-sensitivities: as computed by an earlier run, same settings
+            sens[m], seconds[m] = stored[m]
+            log(f"  {m} sensitivities: reused ({seconds[m]:.0f} s when computed)")
+            continue
         report, model_m = None, prepared
         if m == "duals":
             model_m = quantize_(model, BitPlan(default=LayerSpec(4, 4)), step="prepare", calibration=calib)
@@ -280,10 +284,27 @@ def study(name, args, log) -> dict:
             "latency": {"reference": "uniform w8a8", "reference_ms": evaluate.reference_ms,
                         "model_ms_per_measured_ms": evaluate.to_model, "rounds": args.rounds, "repeats": args.repeats,
                         "how": "measured_ms = ratio to the reference, timed back to back, x reference_ms"},
-            "sensitivity_seconds": seconds, "uniform": uniform, "budgets": budgets, "plans": rows, "solver": solver,
+            "sensitivity_seconds": seconds, "sensitivities_reused": sorted(stored), "uniform": uniform,
+            "budgets": budgets, "plans": rows, "solver": solver,
             "sensitivities": {m: json.loads(s.to_json()) for m, s in sens.items()},
             "rank_agreement": rank_agreement({m: json.loads(s.to_json()) for m, s in sens.items()}),
             "seconds": time.time() - t_start, **summarize(rows, uniform, plan_methods)}
+
+
+def _stored_sensitivities(name, args) -> dict:
+    """``{method: (Sensitivities, seconds)}`` from ``--out`` with ``--reuse-sensitivities`` (else
+    empty): the sensitivities do not depend on timing, so a rerun that changes only how plans are
+    timed or verified need not recompute them (MobileNetV2's measured ones take about 18 min)."""
+    from hwq.alloc.sensitivities import Sensitivities
+
+    out = Path(args.out)
+    if not args.reuse_sensitivities or not out.is_file():
+        return {}
+    entry = json.loads(out.read_text())["models"].get(name)
+    if entry is None:
+        raise SystemExit(f"--reuse-sensitivities: {display_path(out)} has no entry for {name!r}")
+    return {m: (Sensitivities.from_json(json.dumps(s)), entry["sensitivity_seconds"][m])
+            for m, s in entry["sensitivities"].items()}
 
 
 def rank_agreement(sens: dict) -> dict:
@@ -399,10 +420,12 @@ def main(argv=None) -> int:
     p.add_argument("--eval-images", type=int, default=9000,
                    help="images to score plans on (Fashion-MNIST: test images outside --images; MobileNetV2: crops)")
     p.add_argument("--finetune-images", type=int, default=2000)
-    p.add_argument("--repeats", type=int, default=5, help="timings per median (each over >= 50 ms)")
-    p.add_argument("--rounds", type=int, default=5, help="back-to-back rounds of plan and reference per ratio")
+    p.add_argument("--repeats", type=int, default=1, help="timings per side and round (each over >= 50 ms)")
+    p.add_argument("--rounds", type=int, default=25, help="rounds of plan and reference, in alternation, per ratio")
     p.add_argument("--verify", type=int, default=1, help="1: re-solve plans measured over budget + 3 %% (hwq allocate --verify)")
     p.add_argument("--out", default=str(RESULTS / "alloc_study.json"))
+    p.add_argument("--reuse-sensitivities", action="store_true",
+                   help="take each model's sensitivities from --out (an earlier run with the same settings)")
     p.add_argument("--rescore", action="store_true",
                    help="score again the plans of --models in --out that end in an fp32 head (no timing)")
     args = p.parse_args(argv)

@@ -134,6 +134,18 @@ def time_vm(device: LocalDevice, vm: relax.VirtualMachine, x: np.ndarray, repeat
                   min_repeat_ms, "run the model")
 
 
+def vm_timer(device: LocalDevice, vm: relax.VirtualMachine, x: np.ndarray, min_repeat_ms: float = 50.0):
+    """A function that times one repeat (>= ``min_repeat_ms`` of back-to-back runs) of the VM's
+    ``main`` on ``x`` and returns its mean ms; the VM is warmed up once, here. Two such timers,
+    called in alternation, compare two builds under the same conditions (``measure_ratio``)."""
+    vm.set_input("main", device.tensor(x))
+    make = lambda **kw: vm.time_evaluator("invoke_stateful", device.dev, **kw)    # noqa: E731
+    warm = make(number=1, repeat=1, min_repeat_ms=WARMUP_MS)
+    device.call(lambda: warm("main"), "run the model")
+    f = make(number=1, repeat=1, min_repeat_ms=int(min_repeat_ms))
+    return lambda: 1e3 * float(device.call(lambda: f("main").results, "run the model")[0])
+
+
 def _timed(device, evaluator, args, repeats: int, min_repeat_ms: float, what: str):
     """The repeats of ``evaluator(...)(*args)`` after ``WARMUP_MS`` of untimed calls: the first calls
     pay for page faults, the thread pool's start, cold caches and the cores' clock ramping up
