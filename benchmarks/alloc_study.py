@@ -292,19 +292,21 @@ def study(name, args, log) -> dict:
 
 
 def _stored_sensitivities(name, args) -> dict:
-    """``{method: (Sensitivities, seconds)}`` from ``--out`` with ``--reuse-sensitivities`` (else
-    empty): the sensitivities do not depend on timing, so a rerun that changes only how plans are
-    timed or verified need not recompute them (MobileNetV2's measured ones take about 18 min)."""
+    """``{method: (Sensitivities, seconds)}`` from ``--out`` for the methods ``--reuse-sensitivities``
+    names (else empty): sensitivities do not depend on timing, so a rerun that changes only how plans
+    are timed, or one method, need not recompute the others (MobileNetV2's measured: about 18 min)."""
     from hwq.alloc.sensitivities import Sensitivities
 
-    out = Path(args.out)
-    if not args.reuse_sensitivities or not out.is_file():
+    wanted = [m for m in args.reuse_sensitivities.split(",") if m]
+    if not wanted:
         return {}
-    entry = json.loads(out.read_text())["models"].get(name)
-    if entry is None:
-        raise SystemExit(f"--reuse-sensitivities: {display_path(out)} has no entry for {name!r}")
-    return {m: (Sensitivities.from_json(json.dumps(s)), entry["sensitivity_seconds"][m])
-            for m, s in entry["sensitivities"].items()}
+    out = Path(args.out)
+    entry = json.loads(out.read_text())["models"].get(name) if out.is_file() else None
+    if entry is None or any(m not in entry["sensitivities"] for m in wanted):
+        raise SystemExit(f"--reuse-sensitivities {args.reuse_sensitivities}: {display_path(out)} has no such "
+                         f"sensitivities for {name!r}")
+    return {m: (Sensitivities.from_json(json.dumps(entry["sensitivities"][m])), entry["sensitivity_seconds"][m])
+            for m in wanted}
 
 
 def rank_agreement(sens: dict) -> dict:
@@ -424,8 +426,9 @@ def main(argv=None) -> int:
     p.add_argument("--rounds", type=int, default=25, help="rounds of plan and reference, in alternation, per ratio")
     p.add_argument("--verify", type=int, default=1, help="1: re-solve plans measured over budget + 3 %% (hwq allocate --verify)")
     p.add_argument("--out", default=str(RESULTS / "alloc_study.json"))
-    p.add_argument("--reuse-sensitivities", action="store_true",
-                   help="take each model's sensitivities from --out (an earlier run with the same settings)")
+    p.add_argument("--reuse-sensitivities", default="", metavar="METHODS",
+                   help="e.g. 'measured,hessian': take these sensitivities from --out (an earlier run with the same "
+                        "settings) instead of computing them again")
     p.add_argument("--rescore", action="store_true",
                    help="score again the plans of --models in --out that end in an fp32 head (no timing)")
     args = p.parse_args(argv)

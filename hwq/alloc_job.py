@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass
 
-from hwq.alloc.build import budget_ms, build_allocation, parse_budget
+from hwq.alloc.build import budget_ms, build_allocation, parse_budget, uniform_w8a8
 from hwq.alloc.sensitivities import METHODS
 from hwq.errors import ConfigError, choices
 from hwq.fileio import atomic_write_json, atomic_write_text
@@ -175,40 +175,55 @@ def run_allocate(config: AllocateConfig, log=print) -> dict:
     return report
 
 
-def _verified(config: AllocateConfig, graph, alloc, solve, budget: float, max_bytes, log):
-    """Solve, compile and time the plan on this machine; re-solve tighter while it is over budget.
+def device_timer(build, alloc, budget: str, batch: int, target: str, log=print):
+    """``BitPlan -> its latency measured here, on the cost model's scale``, to check ``budget``.
 
     A budget relative to uniform W8A8 (``0.8x``) is checked as a ratio: the plan and uniform W8A8
-    timed back to back (``measure_ratio``), so the verdict does not move with the host's speed
-    drifting between timings; a budget in ms is checked against the plan's own latency."""
-    from hwq.alloc.build import parse_budget, uniform_w8a8
-    from hwq.alloc.verify import meet_measured_budget
+    timed in alternation (``measure_ratio``), so the verdict does not move with the host's speed
+    drifting between timings; the ratio times uniform W8A8's predicted ms puts it on the solver's
+    scale. A budget in ms is checked against the plan's own latency. ``build``: ``BitPlan ->
+    CompiledModel``; uniform W8A8 is built once, here."""
+    from hwq.alloc.build import uniform_w8a8
     from hwq.cost.machine import runs_on_this_machine
-    from hwq.lower import compile_model
     from hwq.lower.device import LocalDevice
     from hwq.lower.profile import measure_model, measure_ratio
-    from hwq.models.zoo import example_graph
     from hwq.target import load_target
 
-    if not runs_on_this_machine(load_target(config.target)):
-        raise ConfigError(f"--verify times the plan on this machine, which cannot run target {config.target!r}; "
+    if not runs_on_this_machine(load_target(target)):
+        raise ConfigError(f"verify times the plan on this machine, which cannot run target {target!r}; "
                           f"verify it on the board (hwq profile --rpc measures there)")
-    unit = parse_budget(config.budget)[1]
-    build = lambda plan: compile_model(example_graph(config.model, plan), config.target)  # noqa: E731
     w8a8 = uniform_w8a8(alloc)                  # what "1x" is measured against
-    reference = build(alloc.plan(w8a8)) if unit == "x" else None
+    reference = build(alloc.plan(w8a8)) if parse_budget(budget)[1] == "x" else None
     w8a8_ms = alloc.problem.latency(w8a8)
 
-    def measure(sol):
-        compiled = build(alloc.plan(sol.choice))
+    def measure(plan) -> float:
+        compiled = build(plan)
         if reference is None:
-            ms = measure_model(compiled, LocalDevice(), config.batch)[0]
-            log(f"verify: predicted {sol.latency_ms:.4f} ms, measured {ms:.4f} ms (budget {budget:.4f} ms)")
+            ms = measure_model(compiled, LocalDevice(), batch)[0]
+            log(f"verify: measured {ms:.4f} ms")
             return ms
-        ratio, ms, ref_ms = measure_ratio(compiled, reference, LocalDevice(), config.batch)
-        log(f"verify: predicted {sol.latency_ms / w8a8_ms:.3f}x, measured {ratio:.3f}x uniform W8A8 "
-            f"({ms:.4f} ms against {ref_ms:.4f} ms; budget {budget / w8a8_ms:.3g}x)")
+        ratio, ms, ref_ms = measure_ratio(compiled, reference, LocalDevice(), batch)
+        log(f"verify: measured {ratio:.3f}x uniform W8A8 ({ms:.4f} ms against {ref_ms:.4f} ms)")
         return ratio * w8a8_ms                # in the model's ms
+
+    return measure
+
+
+def _verified(config: AllocateConfig, graph, alloc, solve, budget: float, max_bytes, log):
+    """Solve, compile and time the plan on this machine (``device_timer``); re-solve tighter while
+    it is over budget."""
+    from hwq.alloc.verify import meet_measured_budget
+    from hwq.lower import compile_model
+    from hwq.models.zoo import example_graph
+
+    build = lambda plan: compile_model(example_graph(config.model, plan), config.target)  # noqa: E731
+    timer = device_timer(build, alloc, config.budget, config.batch, config.target, log)
+    scale = alloc.problem.latency(uniform_w8a8(alloc)) if parse_budget(config.budget)[1] == "x" else 1.0
+
+    def measure(sol):
+        log(f"verify: predicted {sol.latency_ms / scale:.4g}{'x' if scale != 1.0 else ' ms'} "
+            f"(budget {budget / scale:.4g}{'x' if scale != 1.0 else ' ms'})")
+        return timer(alloc.plan(sol.choice))
 
     v = meet_measured_budget(lambda b: solve(alloc.problem, b, max_bytes), measure, budget)
     if not v.met:

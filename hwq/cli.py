@@ -81,7 +81,8 @@ def _cmd_train(args) -> int:
                             float_epochs=args.float_epochs, float_subset=args.float_subset, out_dir=args.out, resume=args.resume,
                             checkpoint_steps=args.checkpoint_steps,
                             artifact=args.artifact, target=args.target, data_dir=args.data_dir,
-                            progress=not args.no_progress)
+                            progress=not args.no_progress, budget=args.budget, latency_batch=args.latency_batch,
+                            search_epochs=args.search_epochs, verify=args.verify)
     run_train(config)
     return 0
 
@@ -177,7 +178,7 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("train", help="constrained QAT of the Fashion-MNIST CNN: per-layer sensitivities, integer program",
                        description="Quantization-aware training under per-layer error constraints (primal-dual); "
                                    "runs under torchrun (gloo) too. Writes OUT/checkpoint.pt, OUT/sensitivity.json, "
-                                   "OUT/summary.json (and OUT/artifact-TARGET with --artifact).")
+                                   "OUT/summary.json (OUT/plan.json with --budget, OUT/artifact-TARGET with --artifact).")
     r.add_argument("--weight-bits", type=int, default=4, help="weight bits of every layer (default 4)")
     r.add_argument("--act-bits", type=int, default=4, help="activation bits (default 4)")
     r.add_argument("--plan", default=None, metavar="JSON", help="a BitPlan JSON file (overrides the two above)")
@@ -203,6 +204,14 @@ def build_parser() -> argparse.ArgumentParser:
                    "and every --checkpoint-steps steps): the result equals an uninterrupted run's")
     r.add_argument("--checkpoint-steps", type=int, default=50, help="steps between checkpoints within an epoch "
                    "(default 50; 0 = at epoch ends only)")
+    r.add_argument("--budget", default=None, metavar="2.5ms|0.8x",
+                   help="search the per-layer plan by QAT with this latency budget on --target as a dual constraint "
+                        "('0.8x' = 0.8 x uniform W8A8), then fine-tune it (--epochs); writes OUT/plan.json and the "
+                        "budget's price mu* (--weight-bits / --act-bits are then unused)")
+    r.add_argument("--latency-batch", type=int, default=1, help="batch size the budget is for (default 1)")
+    r.add_argument("--search-epochs", type=int, default=1, help="epochs of the budget search (default 1)")
+    r.add_argument("--verify", action="store_true", help="with --budget: compile and time the rounded plan here; "
+                   "while it is over budget + 3 %%, round again tighter")
     r.add_argument("--artifact", action="store_true", help="also compile for --target and save the artifact")
     r.add_argument("--target", default="x86-host")
     r.add_argument("--data-dir", default=None, help="directory with the Fashion-MNIST idx .gz files")

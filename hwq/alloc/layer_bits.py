@@ -30,23 +30,28 @@ from hwq.qat.modules import QuantLayer
 
 
 @contextlib.contextmanager
-def layer_option(layer: QuantLayer, spec: LayerSpec):
+def layer_option(layer: QuantLayer, spec: LayerSpec, float_out_bits: int | None = None):
     """Run ``layer`` with ``spec.weight_bits`` weights and ``spec.act_bits`` outputs inside the block.
 
     A layer whose int32 accumulator is the model's output has no output quantizer: ``act_bits``
     then changes nothing. A quantizer already at the requested width is left exactly as it is.
-    ``fp32`` runs the float weights and bias and keeps the output quantizer as it is (an integer
-    reader quantizes the float output at the plan's default width, which that quantizer has).
+    ``fp32`` runs the float weights and bias; an integer reader quantizes its float output at the
+    plan's default activation width: ``float_out_bits`` where given (a model prepared at another
+    default than the plan's, as the duals' W4A4 run is), else the width the output quantizer has.
     """
+    saved = []
     if spec.is_float:
         old = layer.float_weights
         layer.float_weights = True
         try:
+            ofq = layer.out_fq
+            if float_out_bits is not None and ofq is not None and ofq.spec.bits != float_out_bits:
+                saved.append(_swap_act(ofq, float_out_bits))
             yield layer
         finally:
             layer.float_weights = old
+            _restore(saved)
         return
-    saved = []
     try:
         wfq = layer.weight_fq
         if wfq.spec.bits != spec.weight_bits:
@@ -56,10 +61,14 @@ def layer_option(layer: QuantLayer, spec: LayerSpec):
             saved.append(_swap_act(ofq, spec.act_bits))
         yield layer
     finally:
-        for quantizer, old_spec, old_scale in reversed(saved):
-            quantizer.spec = old_spec
-            if old_scale is not None:
-                quantizer.scale.data = old_scale
+        _restore(saved)
+
+
+def _restore(saved):
+    for quantizer, old_spec, old_scale in reversed(saved):
+        quantizer.spec = old_spec
+        if old_scale is not None:
+            quantizer.scale.data = old_scale
 
 
 @contextlib.contextmanager

@@ -90,11 +90,14 @@ def layer_sensitivities(model: nn.Module, options, data, method: str = "measured
 
 
 # ------------------------------------------------------------------------------------ duals
-def constraint_values(model: nn.Module, options: dict, batches: list, norm: str = "relative") -> dict:
+def constraint_values(model: nn.Module, options: dict, batches: list, norm: str = "relative",
+                      float_out_bits: int | None = None) -> dict:
     """g_l at each option: ``{layer: {option name: mean over batches of g_l}}``.
 
     The layer's input z is what reaches it in the model as it stands (the trained bits): g_l only
-    measures the error the layer itself adds on that input, as during constrained training.
+    measures the error the layer itself adds on that input, as during constrained training. An
+    ``fp32`` option's output is quantized at ``float_out_bits`` (the plan's default activation
+    width; ``layer_option``), not at the width the trained model's default gave it.
     """
     layers = named_layers(model, list(options))
     sums = {name: {option_name(o): 0.0 for o in opts} for name, opts in options.items()}
@@ -104,7 +107,7 @@ def constraint_values(model: nn.Module, options: dict, batches: list, norm: str 
             for name, layer in layers.items():
                 z = seen[layer][0]
                 for o in options[name]:
-                    with layer_option(layer, o):
+                    with layer_option(layer, o, float_out_bits):
                         sums[name][option_name(o)] += float(layer_constraint(layer, z, norm=norm))
     return {name: {k: v / len(batches) for k, v in row.items()} for name, row in sums.items()}
 
@@ -117,7 +120,9 @@ def _duals(model, options, batches, reference, *, report, meta, **_):
                           "pass the report of the run that trained this model")
     norm = report.config.get("constraint_norm", "relative")
     with_ref = {name: [reference] + [o for o in opts if o != reference] for name, opts in options.items()}
-    g = constraint_values(model, with_ref, batches, norm)
+    # the run trained at W4A4, the plans default to the reference's widths: an fp32 layer's output
+    # is read at the reference's activation width, not at the 4 bits of the run
+    g = constraint_values(model, with_ref, batches, norm, float_out_bits=reference.act_bits)
     ref = option_name(reference)
     meta.update({"lambda": {name: lam[name] for name in options}, "g": g, "constraint_norm": norm})
     return {name: {option_name(o): 0.0 if o == reference else lam[name] * (g[name][option_name(o)] - g[name][ref])

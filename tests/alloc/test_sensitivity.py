@@ -80,6 +80,23 @@ def test_duals_is_lambda_times_the_constraint_change(setup):
     assert s.meta["lambda"] == {"block1.0": lam}
 
 
+def test_duals_price_an_fp32_layer_at_the_plans_activation_width_not_the_runs():
+    """The duals come from a run prepared at W4A4, the plans default to W8A8: an fp32 layer's output
+    is read at 8 bits there, so its constraint change is at most W8A8's (exact weights), never the
+    4-bit output error of the run (which once made fp32 look like W8A4 to the knapsack)."""
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.rand(96, 1, 28, 28, generator=g), torch.randint(0, 10, (96,), generator=g)
+    w4a4 = quantize_(randomize_bn(ResCNN(width=8)), BitPlan(default=LayerSpec(4, 4)), calibration=x[:64]).eval()
+    before = w4a4(x[:8])
+    s = layer_sensitivities(w4a4, ["w8a8", "fp32", "w8a4"], (x[64:], y[64:]), "duals",
+                            report=_report([1.0] * 5), batch_size=32)
+    for name in LAYERS[:-1]:                    # fc: its int32 output has no output quantizer
+        row = s.values[name]
+        assert row["fp32"] <= 1e-12 and row["w8a4"] > 1e-6 > row["fp32"], (name, row)
+    assert torch.equal(w4a4(x[:8]), before)     # the 4-bit output quantizers are back
+
+
 def test_duals_of_a_slack_layer_are_zero(setup):
     prepared, data = setup
     s = layer_sensitivities(prepared, ["w8a8", "w2a2"], data, "duals", report=_report([0.0, 1.0, 0.0, 0.0, 0.0]))
