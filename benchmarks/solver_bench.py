@@ -15,9 +15,9 @@ Measured, median over seeds and budgets:
   budgets from the fastest plan to the most accurate, and a 100-budget pareto_front sweep on them;
 - exact vs greedy on the allocation study's knapsacks (``results/alloc_study_problems.json``: each
   model's groups, cost-model latencies and interaction tables under each sensitivity method, at the
-  study's budgets, as ``build_allocation`` made them for ``results/alloc_study.json``; the file says
-  how). They are data, not rebuilt here: the study's sensitivities predate the fp32 option that
-  today's knapsack offers, and rebuilding needs torch, the models and the study's cost table.
+  study's budgets, as ``build_allocation`` makes them from ``results/alloc_study.json``). They are
+  data here; ``benchmarks/study_problems.py`` rebuilds them (it needs torch, the models and the
+  study's cost table).
 
     .venv/bin/python benchmarks/solver_bench.py            # ~1 min on 2 cores; results/solver.json
 """
@@ -89,7 +89,9 @@ def _compare(problem: Problem, budgets) -> list:
     out = []
     for budget in budgets:
         e, g = solve_exact(problem, budget), solve_greedy(problem, budget)
-        if g.latency_ms > budget * (1 + 1e-9) or g.loss < e.loss - 1e-12 * max(1.0, abs(e.loss)):
+        # the exact solve is optimal to HiGHS's objective gap (1e-6 absolute on the scaled objective,
+        # hwq.alloc.milp): a greedy plan may tie it up to that (seen on MobileNetV2, 6e-7 relative)
+        if g.latency_ms > budget * (1 + 1e-9) or g.loss < e.loss - 1e-5 * max(1.0, abs(e.loss)):
             raise RuntimeError(f"greedy plan {g} breaks the budget {budget!r} or beats the exact {e}")
         out.append((e.seconds, g.seconds, _gap(g.loss, e.loss)))
     return out
