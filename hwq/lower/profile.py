@@ -202,7 +202,7 @@ def measure_ratio(compiled, reference, device: LocalDevice | None = None, batch:
     seconds: a latency measured alone moves with both (ad-hoc timings here: one build from 3.0 to
     4.8 ms within minutes). A ratio of the two builds timed within the same fraction of a second
     moves far less, and the finer the alternation, the less (``benchmarks/timing_noise.py``: 25
-    rounds of one repeat against 5 rounds of 5, the same time spent). Budgets relative to a
+    rounds of one repeat against 5 rounds of 5, as many timed runs). Budgets relative to a
     reference plan (``0.8x`` uniform W8A8) are checked this way."""
     if rounds < 1 or repeats < 1:
         raise ConfigError(f"rounds and repeats must be >= 1, got {rounds!r}, {repeats!r}")
@@ -213,7 +213,7 @@ def measure_ratio(compiled, reference, device: LocalDevice | None = None, batch:
     time_mine = vm_timer(device, device.vm(compiled.executable, compiled.target, "model"), x)
     ratios, mine, ref = [], [], []
     for r in range(rounds):
-        # ABBA: a linear drift within a round weighs both sides alike
+        # the order swapped every round (AB, BA, ...): over two rounds a drift weighs on both alike
         first, second = (time_ref, time_mine) if r % 2 == 0 else (time_mine, time_ref)
         a = [first() for _ in range(repeats)]
         b = [second() for _ in range(repeats)]
