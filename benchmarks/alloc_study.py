@@ -97,7 +97,7 @@ class Evaluator:
     def latency(self, plan, compiled=None) -> float:
         """``plan``'s latency in ms: its ratio to the reference plan, the two timed in alternation
         (``measure_ratio``), times the reference's latency. The host's speed drifts by 20-30 % over
-        minutes; the ratio does not, so plans timed minutes apart compare on one scale. Measured once
+        minutes; the ratio far less, so plans timed minutes apart compare on one scale. Measured once
         per plan (the latency does not depend on fine-tuning: ``compiled`` may be any build of it)."""
         key = plan.to_json()
         if key not in self.timings:
