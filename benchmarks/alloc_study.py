@@ -336,26 +336,69 @@ def _row(budget, method, seed, alloc, sol, rounds, evaluate, log) -> dict:
     return r
 
 
+# the budget search's schedule per model: Fashion-MNIST, one epoch of 2000 images in batches of 64
+# (31 steps); MobileNetV2's 256 crops in batches of 32 for two epochs (16 steps, mu updated every 4)
+SEARCH = {"mobilenetv2": {"epochs": 2, "batch_size": 32, "dual_period": 4}}
+
+
 def _budget_dual(model, calib, train_data, alloc, budget, evaluate, args, log) -> dict:
     """The plan the budget-as-dual QAT run settles on, its rounding verified on this machine like
-    every allocated plan (then the same fine-tune as every plan)."""
+    every allocated plan (then the same fine-tune as every plan; MobileNetV2's plans are scored
+    post-training, like its other plans: the search chooses the plan, the float weights run it)."""
     from torch.utils.data import TensorDataset
 
     from hwq.alloc.budget_qat import BudgetQATConfig, train_with_budget
     from hwq.alloc.problem import Solution
     from hwq.qat import QATConfig, quantize_
 
+    t0 = time.time()
     prepared = quantize_(model, step="prepare", calibration=calib)
     qat = QATConfig(epochs=1, batch_size=128, lr=1e-4, gradient_mode="ste", dual_lr=0.0, seed=0)
     scale = evaluate.to_model
     res = train_with_budget(prepared, TensorDataset(*train_data), alloc, budget * scale, qat,
-                            BudgetQATConfig(epochs=1, finetune_epochs=1), log=lambda s: None,
+                            BudgetQATConfig(finetune_epochs=1, **SEARCH.get(evaluate.name, {})), log=lambda s: None,
                             measure=(lambda plan: evaluate.latency(plan) * scale) if args.verify else None,
                             tolerance=0.0)
+    search_s = time.time() - t0
     sol = Solution.of(alloc.problem, res.choice, "budget-dual", 0.0)
     r = _row(budget, "budget-dual", 0, alloc, sol, res.verify_rounds, evaluate, log)
-    r.update({"mu": res.mu, "loss_per_ms": res.loss_per_ms, "repaired": res.repaired, "expected_ms": res.expected_ms})
+    r.update({"mu": res.mu, "loss_per_ms": res.loss_per_ms, "repaired": res.repaired, "expected_ms": res.expected_ms,
+              "mu_history": list(res.mu_history), "search_seconds": search_s})
+    log(f"    mu* {res.mu:.4g} (history {', '.join(f'{m:.3g}' for m in res.mu_history)}), search {search_s:.0f} s")
     return r
+
+
+def add_budget_dual(name, entry, args, log, save) -> dict:
+    """Run the budget-as-dual search at each of ``entry``'s budgets and add its plans to ``entry``
+    (replacing earlier ones), on the scale the entry's plans were timed on: its reference latency
+    and model-ms per measured ms are kept, so every plan's ``measured_ms`` stays comparable.
+    ``save(entry)`` is called after each budget."""
+    from hwq.alloc.build import build_allocation
+    from hwq.alloc.sensitivities import Sensitivities
+    from hwq.alloc_job import AllocateConfig, model_and_data
+    from hwq.cost import CostModel
+    from hwq.qat import quantize_
+
+    model, calib, _, qat_data = model_and_data(AllocateConfig(model=name, images=args.images), log)
+    graph = quantize_(quantize_(model, step="prepare", calibration=calib), step="convert")
+    cost = CostModel(entry["target"])
+    sens = Sensitivities.from_json(json.dumps(entry["sensitivities"]["measured"]))
+    alloc = build_allocation(graph, cost, sens.losses, entry["batch"])
+    train_data = (qat_data[0][:args.finetune_images], qat_data[1][:args.finetune_images])
+    evaluate = Evaluator(name, model, calib, eval_set(name, model, args), train_data, entry["target"], entry["batch"],
+                         args, log, alloc.plan(uniform_plan(alloc, "w8a8")))
+    evaluate._reference_ms = entry["latency"]["reference_ms"]
+    evaluate.to_model = entry["latency"]["model_ms_per_measured_ms"]
+    entry["plans"] = [q for q in entry["plans"] if q["method"] != "budget-dual"]
+    for b in entry["budgets"]:
+        entry["plans"].append(_budget_dual(model, calib, train_data, alloc, b, evaluate, args, log))
+        done = sorted({q["budget_ms"] for q in entry["plans"] if q["method"] == "budget-dual"})
+        # the summary covers the budgets the search has reached so far
+        rows = [q for q in entry["plans"] if q["budget_ms"] in done]
+        entry.update(summarize(rows, entry["uniform"], entry["methods"] + ["budget-dual"]),
+                     budget_dual_added=True)
+        save(entry)
+    return entry
 
 
 def main(argv=None) -> int:
@@ -378,6 +421,9 @@ def main(argv=None) -> int:
     p.add_argument("--reuse-sensitivities", default="", metavar="METHODS",
                    help="e.g. 'measured,hessian': take these sensitivities from --out (an earlier run with the same "
                         "settings) instead of computing them again")
+    p.add_argument("--add-budget-dual", action="store_true",
+                   help="run only the budget-as-dual search at the budgets of --models' entries in --out and add its "
+                        "plans there (timed on the entry's scale)")
     p.add_argument("--rescore", action="store_true",
                    help="score again the plans of --models in --out that end in an fp32 head (no timing)")
     args = p.parse_args(argv)
@@ -391,6 +437,11 @@ def main(argv=None) -> int:
         log(f"{name}:")
         if args.rescore:
             result["models"][name] = rescore(name, result["models"][name], args, log)
+        elif args.add_budget_dual:
+            def save(entry, name=name):
+                result["models"][name] = entry
+                atomic_write_json(out_path, result)
+            result["models"][name] = add_budget_dual(name, result["models"][name], args, log, save)
         else:
             result["models"][name] = {**study(name, args, log), "environment": environment()}
         atomic_write_json(out_path, result)
