@@ -207,13 +207,13 @@ def _budget_search(config: TrainJobConfig, model, calib, data, eval_data, log):
                             BudgetQATConfig(epochs=config.search_epochs, finetune_epochs=config.qat.epochs,
                                             seed=config.qat.seed),
                             eval_data=eval_data, measure=measure, progress=config.progress, log=log)
-    scale = alloc.problem.latency(uniform_w8a8(alloc))
-    log(f"plan: {alloc.problem.describe(res.choice)}; predicted {alloc.problem.latency(res.choice):.4g} ms "
-        f"({alloc.problem.latency(res.choice) / scale:.3f}x uniform W8A8)"
+    scale, predicted = alloc.problem.latency(uniform_w8a8(alloc)), alloc.problem.latency(res.choice)
+    log(f"plan: {alloc.problem.describe(res.choice)}; predicted {predicted:.4g} ms "
+        f"({predicted / scale:.3f}x uniform W8A8)"
         + (f", measured {res.measured_ms / scale:.3f}x" if res.measured_ms is not None else "")
         + f"; mu* {res.mu:.4g}: one ms of budget is worth {res.loss_per_ms:.4g} loss")
     summary = {"budget": config.budget, "budget_ms": budget, "target": cost.target.name,
-               "latency_batch": config.latency_batch, "predicted_ms": alloc.problem.latency(res.choice),
+               "latency_batch": config.latency_batch, "predicted_ms": predicted,
                "uniform_w8a8_ms": scale, "measured_ms": res.measured_ms,
                "verify_rounds": [list(r) for r in res.verify_rounds] if res.verify_rounds else None,
                "mu": res.mu, "loss_per_ms": res.loss_per_ms, "mu_history": list(res.mu_history),

@@ -214,12 +214,10 @@ def measure_ratio(compiled, reference, device: LocalDevice | None = None, batch:
     ratios, mine, ref = [], [], []
     for r in range(rounds):
         # the order swapped every round (AB, BA, ...): over two rounds a drift weighs on both alike
-        first, second = (time_ref, time_mine) if r % 2 == 0 else (time_mine, time_ref)
-        a = [first() for _ in range(repeats)]
-        b = [second() for _ in range(repeats)]
-        m, f = (np.median(b), np.median(a)) if r % 2 == 0 else (np.median(a), np.median(b))
-        mine.append(float(m))
-        ref.append(float(f))
+        order = (("ref", time_ref), ("mine", time_mine)) if r % 2 == 0 else (("mine", time_mine), ("ref", time_ref))
+        t = {side: float(np.median([timer() for _ in range(repeats)])) for side, timer in order}
+        mine.append(t["mine"])
+        ref.append(t["ref"])
         ratios.append(mine[-1] / ref[-1])
     return float(np.median(ratios)), float(np.median(mine)), float(np.median(ref))
 

@@ -34,6 +34,15 @@ def random_problem(rng, n_interactions=0, weights=False, integer=False):
     return Problem(tuple(groups), tuple(inters), base)
 
 
+def study_problem(file: str):
+    """(Problem, budgets) of a study knapsack stored beside this file (``benchmarks/study_problems.py``'s form)."""
+    data = json.loads((Path(__file__).parent / file).read_text())
+    p = Problem(tuple(Group(g["name"], tuple(g["options"]), g["latency_ms"], g["loss"]) for g in data["groups"]),
+                tuple(Interaction(t["a"], t["b"], t["latency_ms"]) for t in data["interactions"]),
+                data["base_latency_ms"])
+    return p, data["budgets_ms"]
+
+
 def all_choices(p):
     return itertools.product(*(range(len(g.options)) for g in p.groups))
 
@@ -250,11 +259,8 @@ def test_greedy_does_not_stop_at_an_overshooting_large_downgrade():
 def test_greedy_matches_exact_on_the_resnet20_study_instance():
     # the allocation study's ResNet-20 knapsack (22 groups, producer/consumer interaction tables):
     # the two passes alone were 12 % and 13.9 % worse than the optimum at the first two budgets
-    data = json.loads((Path(__file__).parent / "resnet20_duals_problem.json").read_text())
-    p = Problem(tuple(Group(g["name"], tuple(g["options"]), g["latency_ms"], g["loss"]) for g in data["groups"]),
-                tuple(Interaction(t["a"], t["b"], t["latency_ms"]) for t in data["interactions"]),
-                data["base_latency_ms"])
-    for budget in data["budgets_ms"]:
+    p, budgets = study_problem("resnet20_duals_problem.json")
+    for budget in budgets:
         exact, greedy = solve_exact(p, budget), solve_greedy(p, budget)
         assert greedy.latency_ms <= budget + feasibility_tolerance(budget)
         assert greedy.loss - exact.loss <= 0.005 * abs(exact.loss)
@@ -417,13 +423,10 @@ def test_fixing_keeps_the_optimum_on_larger_problems():
 def test_exact_is_optimal_on_the_mobilenetv2_study_instance():
     # losses spanning four decades (a 4-bit option costs 10^4 times the fp32 / W7A8 choices at
     # stake): with the objective scaled by the largest loss, HiGHS's absolute gap let a plan 2.5 %
-    # worse than the greedy's through at the second budget; scaled by a feasible plan's objective it
-    # is exact again
-    data = json.loads((Path(__file__).parent / "mobilenetv2_duals_problem.json").read_text())
-    p = Problem(tuple(Group(g["name"], tuple(g["options"]), g["latency_ms"], g["loss"]) for g in data["groups"]),
-                tuple(Interaction(t["a"], t["b"], t["latency_ms"]) for t in data["interactions"]),
-                data["base_latency_ms"])
-    for budget in data["budgets_ms"]:
+    # worse than the greedy's through at the tightest budget; scaled by a feasible plan's objective
+    # it is exact again
+    p, budgets = study_problem("mobilenetv2_duals_problem.json")
+    for budget in budgets:
         exact, greedy = solve_exact(p, budget), solve_greedy(p, budget)
         assert exact.latency_ms <= budget + feasibility_tolerance(budget)
         assert exact.loss <= greedy.loss + 1e-9 * abs(greedy.loss)
